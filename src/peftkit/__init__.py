@@ -1,0 +1,49 @@
+"""peftkit: parameter-, memory- and activation-efficient fine-tuning.
+
+Point-PEFT (arXiv 2310.03059), DEFT (density; arXiv 2402.01911) and MEFT (reversible; arXiv 2306.00477),
+composable with each other and with the usual PEFT methods, on text and point-cloud transformers.
+
+    import peftkit as pk
+    model = pk.load_backbone("minilm", task="classification", num_labels=5)
+    model = pk.apply(model, [pk.LoRA(rank=8), pk.DEFT(weight=1.0)])
+    print(pk.param_report(model))
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from peftkit.core.apply import apply, aux_loss, remove
+from peftkit.core.checkpoint import load_adapter, save_adapter
+from peftkit.core.errors import CheckpointError, ConfigError, DataError, PeftkitError, UnsupportedError
+from peftkit.core.params import freeze_all_but_adapters, param_report
+from peftkit.core.registry import get_backbone, list_backbones, list_datasets, list_methods
+from peftkit.core.spec import BackboneSpec, StackSpec, attach_spec, get_spec
+
+__version__ = "0.1.0"
+
+# Method configs, resolved lazily so ``import peftkit`` stays light (no transformers / peft import).
+_CONFIGS = {
+    "FullFineTune": "peftkit.methods.baseline.config",
+    "HeadOnly": "peftkit.methods.baseline.config",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CONFIGS:
+        return getattr(importlib.import_module(_CONFIGS[name]), name)
+    raise AttributeError(f"module 'peftkit' has no attribute '{name}'")
+
+
+def load_backbone(name: str, **kwargs: Any) -> Any:
+    """Build a registered backbone, e.g. ``load_backbone("minilm", task="classification", num_labels=5)``."""
+    return get_backbone(name)(**kwargs)
+
+
+__all__ = [
+    "apply", "remove", "aux_loss", "param_report", "freeze_all_but_adapters", "save_adapter", "load_adapter",
+    "load_backbone", "list_methods", "list_backbones", "list_datasets", "BackboneSpec", "StackSpec",
+    "attach_spec", "get_spec", "PeftkitError", "ConfigError", "DataError", "CheckpointError", "UnsupportedError",
+    *_CONFIGS,
+]

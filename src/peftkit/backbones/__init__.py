@@ -1,0 +1,4 @@
+"""Backbones: Hugging Face text models (lazy: transformers is imported only when one is built) and the
+pure-PyTorch point transformer. Importing this package registers them."""
+
+from peftkit.backbones import hf_text  # noqa: F401  (its module level imports only torch)

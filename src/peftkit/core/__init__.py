@@ -1,0 +1,1 @@
+"""The small centre everything else uses: specs, protocols, surgery, params, checkpoints, registries."""

@@ -1,0 +1,174 @@
+"""Adapter-only checkpoints: ``adapter_model.safetensors`` + ``adapter_config.json``.
+
+Loading is strict: the backbone id and method stack must match, and every key and shape must be
+exactly the ones this model's stack defines. Files are written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from peftkit.core.configs import config_from_dict, config_to_dict
+from peftkit.core.errors import CheckpointError
+from peftkit.core.registry import get_method
+from peftkit.core.state import get_state
+
+WEIGHTS_NAME = "adapter_model.safetensors"
+CONFIG_NAME = "adapter_config.json"
+FORMAT = "peftkit-adapter/1"
+
+
+def _version() -> str:
+    from peftkit import __version__
+
+    return __version__
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Name -> tensor for every trainable method parameter, the head (if trained) and method buffers."""
+    state = get_state(model)
+    if state is None:
+        raise CheckpointError("no peftkit method is applied to this model; call pk.apply(model, [...]) first")
+    wanted: set[int] = set()
+    for a in state.applied:
+        wanted.update(id(p) for p in a.params())
+        wanted.update(id(b) for b in a.buffers())
+    if state.train_head:
+        wanted.update(id(p) for p in state.head_parameters())
+    out: dict[str, torch.Tensor] = {}
+    for name, t in list(model.named_parameters(remove_duplicate=True)) + list(model.named_buffers()):
+        if id(t) in wanted and name not in out:
+            out[name] = t
+    return out
+
+
+def checkpoint_config(model: nn.Module) -> dict[str, Any]:
+    state = get_state(model)
+    assert state is not None
+    return {
+        "format": FORMAT,
+        "peftkit_version": _version(),
+        "backbone": state.backbone_id,
+        "family": state.spec.family,
+        "train_head": state.train_head,
+        "methods": [{"name": a.name, "config": config_to_dict(a.config)} for a in state.applied],
+    }
+
+
+def atomic_dir(final: Path) -> Path:
+    """A fresh temporary directory beside ``final``; commit it with :func:`commit_dir`."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+
+
+def commit_dir(tmp: Path, final: Path) -> None:
+    """Replace ``final`` by ``tmp`` (rename; the old directory is removed only after the new one is in place)."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_adapter(model: nn.Module, path: str | os.PathLike[str]) -> Path:
+    """Write the adapter-only checkpoint of ``model`` to the directory ``path`` (atomically)."""
+    from safetensors.torch import save_file
+
+    final = Path(path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in adapter_state_dict(model).items()}
+    cfg = checkpoint_config(model)
+    cfg["tensors"] = {k: list(v.shape) for k, v in tensors.items()}
+    tmp = atomic_dir(final)
+    try:
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
+        (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2))
+        commit_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def read_adapter_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    p = Path(path) / CONFIG_NAME
+    if not p.is_file():
+        raise CheckpointError(f"{p} not found: point at a directory written by pk.save_adapter")
+    try:
+        cfg = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{p} is not valid JSON ({e.msg} at line {e.lineno}); the checkpoint is corrupt") from None
+    if cfg.get("format") != FORMAT:
+        raise CheckpointError(f"{p} is not a peftkit adapter checkpoint (format {cfg.get('format')!r})")
+    return cfg
+
+
+def method_configs_from_checkpoint(cfg: dict[str, Any]) -> list[Any]:
+    return [config_from_dict(get_method(m["name"]).config_cls, m["config"], where=CONFIG_NAME) for m in cfg["methods"]]
+
+
+def load_adapter(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
+    """Load an adapter checkpoint into ``model``; applies the saved method stack if none is applied yet.
+
+    Returns:
+        The model to use (peft prompt-learning methods return a wrapper).
+
+    Raises:
+        CheckpointError: corrupt files, another backbone, another method stack, missing or unexpected keys,
+            or a shape mismatch.
+    """
+    from peftkit.core.apply import apply, backbone_id
+
+    cfg = read_adapter_config(path)
+    bid = backbone_id(model) if get_state(model) is None else get_state(model).backbone_id
+    if cfg["backbone"] != bid:
+        raise CheckpointError(
+            f"checkpoint {path} was made for backbone '{cfg['backbone']}', this model is '{bid}'"
+        )
+    saved_stack = [m["name"] for m in cfg["methods"]]
+    state = get_state(model)
+    if state is None:
+        model = apply(model, method_configs_from_checkpoint(cfg), train_head=cfg.get("train_head", True))
+    elif state.method_names() != saved_stack:
+        raise CheckpointError(
+            f"checkpoint {path} holds methods {saved_stack}, the model has {state.method_names()} applied"
+        )
+    tensors = _read_tensors(Path(path) / WEIGHTS_NAME)
+    expected = adapter_state_dict(model)
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {path} does not match the model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
+    for k, t in expected.items():
+        if tuple(tensors[k].shape) != tuple(t.shape):
+            raise CheckpointError(
+                f"checkpoint {path}: '{k}' has shape {tuple(tensors[k].shape)}, the model expects {tuple(t.shape)}"
+            )
+    with torch.no_grad():
+        for k, t in expected.items():
+            t.copy_(tensors[k].to(dtype=t.dtype, device=t.device))
+    return model
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found: the checkpoint is incomplete")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is corrupt ({e}); re-save the adapter") from None

@@ -1,0 +1,111 @@
+"""Registries of methods, backbones and datasets: one decorator each, checked names.
+
+Duplicate names raise; an unknown name is an error that lists the known ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from peftkit.core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    name: str
+    config_cls: type
+    apply: Callable[..., Any]        # apply(model, spec, config) -> Applied
+    summary: str = ""
+
+
+_METHODS: dict[str, MethodEntry] = {}
+_BACKBONES: dict[str, tuple[Callable[..., Any], str]] = {}
+_DATASETS: dict[str, tuple[Callable[..., Any], str]] = {}
+
+
+def register_method(name: str, config_cls: type, apply: Callable[..., Any], summary: str = "") -> None:
+    """Register a method: ``apply(model, spec, config)`` edits the model in place and returns an ``Applied``."""
+    if name in _METHODS:
+        raise ValueError(f"method '{name}' is already registered")
+    _METHODS[name] = MethodEntry(name, config_cls, apply, summary)
+
+
+def register_backbone(name: str, summary: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: ``@register_backbone("minilm")`` on a builder ``(task, num_labels, **kw) -> nn.Module``."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if name in _BACKBONES:
+            raise ValueError(f"backbone '{name}' is already registered")
+        _BACKBONES[name] = (fn, summary or (fn.__doc__ or "").strip().split("\n")[0])
+        return fn
+
+    return deco
+
+
+def register_dataset(name: str, summary: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: ``@register_dataset("bbc_news")`` on a builder returning dataset splits."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if name in _DATASETS:
+            raise ValueError(f"dataset '{name}' is already registered")
+        _DATASETS[name] = (fn, summary or (fn.__doc__ or "").strip().split("\n")[0])
+        return fn
+
+    return deco
+
+
+def _ensure_loaded() -> None:
+    # Importing these modules runs their register_* calls; they import nothing heavy at module level.
+    import peftkit.backbones  # noqa: F401
+    import peftkit.data  # noqa: F401
+    import peftkit.methods  # noqa: F401
+
+
+def _unknown(kind: str, name: str, known: dict[str, Any]) -> ConfigError:
+    return ConfigError(f"unknown {kind} '{name}'; choose one of: {', '.join(sorted(known))}")
+
+
+def get_method(name: str) -> MethodEntry:
+    _ensure_loaded()
+    if name not in _METHODS:
+        raise _unknown("method", name, _METHODS)
+    return _METHODS[name]
+
+
+def method_for_config(config: Any) -> MethodEntry:
+    _ensure_loaded()
+    for entry in _METHODS.values():
+        if type(config) is entry.config_cls:
+            return entry
+    raise ConfigError(f"{type(config).__name__} is not the config of a registered method")
+
+
+def get_backbone(name: str) -> Callable[..., Any]:
+    _ensure_loaded()
+    if name not in _BACKBONES:
+        raise _unknown("backbone", name, _BACKBONES)
+    return _BACKBONES[name][0]
+
+
+def get_dataset(name: str) -> Callable[..., Any]:
+    _ensure_loaded()
+    if name not in _DATASETS:
+        raise _unknown("dataset", name, _DATASETS)
+    return _DATASETS[name][0]
+
+
+def list_methods() -> dict[str, str]:
+    _ensure_loaded()
+    return {k: v.summary for k, v in sorted(_METHODS.items())}
+
+
+def list_backbones() -> dict[str, str]:
+    _ensure_loaded()
+    return {k: v[1] for k, v in sorted(_BACKBONES.items())}
+
+
+def list_datasets() -> dict[str, str]:
+    _ensure_loaded()
+    return {k: v[1] for k, v in sorted(_DATASETS.items())}

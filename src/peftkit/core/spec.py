@@ -1,0 +1,131 @@
+"""BackboneSpec: the one place that knows a backbone's module names.
+
+Methods target *roles* (``mlp_act``, ``attn_q``, ``blocks``) and never raw module names, so
+DEFT, MEFT, LoRA and the adapters run unchanged on BERT, Llama, T5 and the point transformer.
+
+Roles inside a block (paths relative to one block):
+    attn            the whole attention sub-block (self-attention incl. its output projection)
+    attn_q/k/v      query / key / value projections (nn.Linear)
+    attn_qkv        a fused qkv projection (point transformer)
+    attn_out        attention output projection
+    attn_norm       the norm applied around attention (pre-LN: before; post-LN: after the residual)
+    mlp             the whole feed-forward sub-block
+    mlp_in          first FFN projection (Llama: the up projection); mlp_gate for gated FFNs
+    mlp_act         the activation module of the FFN (DEFT observes its output)
+    mlp_out         last FFN projection
+    mlp_norm        the norm around the FFN
+Model-level roles (paths from the model root): embeddings, final_norm, head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from peftkit.core.errors import UnsupportedError
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    """One stack of identical transformer blocks (an encoder, or a decoder)."""
+
+    name: str                      # "encoder" / "decoder"
+    blocks: str                    # path from the model root to the nn.ModuleList of blocks
+    roles: Mapping[str, str]       # role -> path inside one block
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Roles -> module paths for one backbone family.
+
+    Attributes:
+        family: family id, e.g. ``"bert"``, ``"llama"``, ``"t5"``, ``"point_mae"``.
+        stacks: the block stacks; T5 has an encoder and a decoder stack kept apart.
+        head: paths of the task-head modules (trained, counted as "head").
+        model_roles: model-level roles, e.g. ``{"embeddings": ..., "final_norm": ...}``.
+        layout: ``"post_ln"`` (BERT) or ``"pre_ln"`` (Llama, point transformer); MEFT needs it.
+    """
+
+    family: str
+    stacks: tuple[StackSpec, ...]
+    head: tuple[str, ...] = ()
+    model_roles: Mapping[str, str] = field(default_factory=dict)
+    layout: str = "post_ln"
+
+    def stack(self, name: str | None = None) -> StackSpec:
+        """The stack called ``name`` (default: the first)."""
+        if name is None:
+            return self.stacks[0]
+        for s in self.stacks:
+            if s.name == name:
+                return s
+        raise UnsupportedError(
+            f"backbone family '{self.family}' has no stack '{name}'; it has {[s.name for s in self.stacks]}"
+        )
+
+    def block_paths(self, model: nn.Module, stack: str | None = None) -> list[str]:
+        """Paths of every block of one stack (or of all stacks when ``stack`` is None and there are several)."""
+        stacks = self.stacks if stack is None else (self.stack(stack),)
+        paths: list[str] = []
+        for s in stacks:
+            blocks = model.get_submodule(s.blocks)
+            paths.extend(f"{s.blocks}.{i}" for i in range(len(blocks)))
+        return paths
+
+    def has_role(self, role: str, stack: str | None = None) -> bool:
+        stacks = self.stacks if stack is None else (self.stack(stack),)
+        return any(role in s.roles for s in stacks)
+
+    def role_paths(self, model: nn.Module, role: str, stack: str | None = None) -> list[str]:
+        """Concrete module paths of ``role`` in every block (of one stack, or of all stacks).
+
+        Raises:
+            UnsupportedError: if no stack of this backbone defines the role.
+        """
+        stacks = self.stacks if stack is None else (self.stack(stack),)
+        found = [s for s in stacks if role in s.roles]
+        if not found:
+            have = sorted({r for s in stacks for r in s.roles})
+            raise UnsupportedError(f"backbone family '{self.family}' has no role '{role}'; its roles are {have}")
+        paths: list[str] = []
+        for s in found:
+            n = len(model.get_submodule(s.blocks))
+            paths.extend(f"{s.blocks}.{i}.{s.roles[role]}" for i in range(n))
+        return paths
+
+    def model_role(self, role: str) -> str:
+        if role not in self.model_roles:
+            raise UnsupportedError(
+                f"backbone family '{self.family}' has no model role '{role}'; it has {sorted(self.model_roles)}"
+            )
+        return self.model_roles[role]
+
+
+SPEC_ATTR = "peftkit_spec"
+
+
+def attach_spec(model: nn.Module, spec: BackboneSpec) -> nn.Module:
+    """Record ``spec`` on ``model`` so ``pk.apply`` finds it without being told."""
+    object.__setattr__(model, SPEC_ATTR, spec)
+    return model
+
+
+def get_spec(model: nn.Module) -> BackboneSpec:
+    """The BackboneSpec of ``model``: the attached one, else inferred from an HF ``config.model_type``."""
+    spec = getattr(model, SPEC_ATTR, None)
+    if spec is not None:
+        return spec
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type is not None:
+        from peftkit.backbones.hf_text import spec_for_hf_model  # lazy: keeps transformers optional
+
+        spec = spec_for_hf_model(model)
+        attach_spec(model, spec)
+        return spec
+    raise UnsupportedError(
+        f"{type(model).__name__} has no BackboneSpec: build it with pk.load_backbone(...), or call "
+        "pk.attach_spec(model, BackboneSpec(...)) to describe its blocks and roles"
+    )

@@ -1,0 +1,1 @@
+"""Datasets: text (BBC News, CSV/JSONL, GLUE, SQuAD) and point clouds. Importing registers them."""

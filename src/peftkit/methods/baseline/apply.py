@@ -1,0 +1,26 @@
+"""Apply functions for full fine-tuning and head-only training."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from peftkit.core.spec import BackboneSpec
+from peftkit.core.state import Applied, get_state
+from peftkit.methods.baseline.config import FullFineTune, HeadOnly
+
+
+def apply_full(model: nn.Module, spec: BackboneSpec, config: FullFineTune) -> Applied:
+    """Every backbone parameter that is not the head becomes trainable, owned by ``full``."""
+    state = get_state(model)
+    head = {id(p) for p in state.head_parameters()} if state else set()
+    params = [p for p in model.parameters() if id(p) not in head]
+    return Applied("full", config, params=lambda: params)
+
+
+def apply_head_only(model: nn.Module, spec: BackboneSpec, config: HeadOnly) -> Applied:
+    """Nothing besides the head trains."""
+    if not spec.head:
+        from peftkit.core.errors import UnsupportedError
+
+        raise UnsupportedError(f"backbone family '{spec.family}' built without a task head: head_only has nothing to train")
+    return Applied("head_only", config)
