@@ -271,7 +271,8 @@ def _tiny(config: Any, task: str, num_labels: int | None, backbone_id: str, seed
 def tiny_bert(task: str = "classification", num_labels: int | None = None, seed: int = 0, **kw: Any) -> nn.Module:
     from transformers import BertConfig
 
-    cfg = BertConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+    kw = {"vocab_size": 1000, **kw}  # vocab_size=30522 fits MiniLM's tokenizer (text data in tests)
+    cfg = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                      intermediate_size=64, max_position_embeddings=128, **kw)
     return _tiny(cfg, task, num_labels, "tiny_bert", seed)
 

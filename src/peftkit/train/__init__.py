@@ -1,0 +1,1 @@
+"""Training: typed configs, the loop, optimisation, metrics and the ``peftkit`` command line."""

@@ -1,0 +1,108 @@
+"""Scale-out with PyTorch's own engine: ``torchrun --nproc_per_node=N -m peftkit.train.cli train CONFIG``.
+
+torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; we open a process group (gloo on
+CPU, NCCL on CUDA), wrap the model in DDP (``find_unused_parameters=False``: every trainable parameter of a
+method stack takes part in each forward), shard the data with a DistributedSampler and save / log / evaluate
+on rank 0 only. Without torchrun everything here is a no-op (world size 1).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from peftkit.core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is '{name}' but CUDA is not available; use device=cpu or auto")
+    if name == "cuda":
+        return torch.device(f"cuda:{local_rank}")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device '{name}' is not a device (auto, cpu, cuda, cuda:N)") from None
+
+
+def setup(device: str = "auto") -> DistEnv:
+    """Join the torchrun process group if there is one; returns this process's place in it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistEnv(device=pick_device(device))
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = pick_device(device, local)
+    if not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return DistEnv(rank=rank, world_size=world, local_rank=local, device=dev)
+
+
+def teardown(env: DistEnv) -> None:
+    if env.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: nn.Module, env: DistEnv) -> nn.Module:
+    """DDP around ``model`` when distributed (parameters are broadcast from rank 0 at construction)."""
+    if not env.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [env.device.index] if env.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=False)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return (
+        model.module
+        if hasattr(model, "module") and type(model).__name__ == "DistributedDataParallel"
+        else model
+    )
+
+
+def barrier(env: DistEnv) -> None:
+    if env.distributed:
+        dist.barrier()
+
+
+def broadcast(obj: Any, env: DistEnv) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not env.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_true(flag: bool, env: DistEnv) -> bool:
+    """Whether ``flag`` holds on every rank (used to stop all ranks together)."""
+    if not env.distributed:
+        return flag
+    t = torch.tensor([int(flag)], device=env.device if env.device.type == "cuda" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
