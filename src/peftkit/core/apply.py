@@ -48,23 +48,35 @@ def apply(
         methods = [methods]
     spec = spec or get_spec(model)
     state = get_state(model)
+    created = state is None
     if state is None:
         state = PeftkitState(spec=spec, base=model, backbone_id=backbone_id(model), train_head=train_head)
         state.original_requires_grad = {id(p): p.requires_grad for p in model.parameters()}
     elif state.train_head != train_head:
         raise ConfigError("train_head must be the same for every pk.apply call on one model")
+    n_before = len(state.applied)
     root = model
-    for config in methods:
-        entry = method_for_config(config)
-        if entry.name in state.method_names():
-            raise ConfigError(f"method '{entry.name}' is already applied to this model")
-        set_state(root, state)  # methods may look at what is already applied
-        applied = entry.apply(root, spec, config)
-        state.applied.append(applied)
-        if applied.model is not None and applied.model is not root:
-            root = applied.model
-            attach_spec(root, spec)
-            object.__setattr__(root, BACKBONE_ID_ATTR, state.backbone_id)
+    try:
+        for config in methods:
+            entry = method_for_config(config)
+            if entry.name in state.method_names():
+                raise ConfigError(f"method '{entry.name}' is already applied to this model")
+            set_state(root, state)  # methods may look at what is already applied
+            applied = entry.apply(root, spec, config)
+            state.applied.append(applied)
+            if applied.model is not None and applied.model is not root:
+                root = applied.model
+                attach_spec(root, spec)
+                object.__setattr__(root, BACKBONE_ID_ATTR, state.backbone_id)
+    except BaseException:
+        # a failing method leaves the model as this call found it: undo what this call applied
+        for a in reversed(state.applied[n_before:]):
+            a.undo()
+        del state.applied[n_before:]
+        if root is not model:
+            set_state(root, None)
+        set_state(model, None if created else state)
+        raise
     set_state(root, state)
     freeze_all_but_adapters(root)
     return root

@@ -43,6 +43,8 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         wanted.update(id(b) for b in a.buffers())
     if state.train_head:
         wanted.update(id(p) for p in state.head_parameters())
+        for path in state.spec.head:  # a trained head's BatchNorm statistics (point heads) belong with it
+            wanted.update(id(b) for b in state.base.get_submodule(path).buffers())
     out: dict[str, torch.Tensor] = {}
     for name, t in list(model.named_parameters(remove_duplicate=True)) + list(model.named_buffers()):
         if id(t) in wanted and name not in out:

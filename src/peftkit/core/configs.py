@@ -34,5 +34,7 @@ def config_from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
         kwargs[k] = tuple(v) if isinstance(v, list) and "tuple" in hint else v
     try:
         return cls(**kwargs)
+    except ConfigError:
+        raise  # already names the config and field
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{cls.__name__}: {e}") from None
