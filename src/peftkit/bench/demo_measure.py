@@ -1,0 +1,109 @@
+"""The demo's measurements per row: training (the shared loop), interleaved step time, activation memory.
+
+Speed and memory use one fixed synthetic batch of b x t tokens (t = the demo's ``max_length``, which every
+BBC article exceeds, so training batches have that shape too), the same for every row.
+
+Shape legend: b batch, t tokens.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from peftkit.bench.memory import StepSpec, default_loss_for, method_configs, model_inputs, synthetic_batch
+
+KEEP = ("trainable_params", "total_params", "trainable_pct", "step_time_s", "train_time_s")
+
+
+def train_row(run_cfg: Any) -> tuple[dict[str, Any], int | None]:
+    """Train and evaluate one row with ``peftkit.train.loop.run``; returns (its metrics, num_labels)."""
+    from peftkit.train.loop import run
+
+    metrics = run(run_cfg)
+    keep = {k: v for k, v in metrics.items()
+            if k in KEEP or k.startswith(("eval/", "params/", "trainable/"))
+            or (k.startswith("density/") and "/L" not in k)}  # per-layer densities stay in the run's JSON
+    keep["train_step_time_s"] = keep.pop("step_time_s", None)  # sequential, not interleaved: JSON only
+    num_labels = metrics.get("num_labels")
+    return keep, int(num_labels) if num_labels is not None else None
+
+
+def _spec(cfg: Any, row: Any, num_labels: int) -> StepSpec:
+    return StepSpec(
+        backbone=cfg.backbone, methods=[dict(m) for m in row.methods],
+        backbone_kwargs=dict(cfg.backbone_kwargs), num_labels=num_labels, batch_size=cfg.batch_size,
+        seq_len=cfg.max_length, steps=cfg.memory_steps,
+        lr=row.lr, seed=cfg.seed, threads=cfg.threads or torch.get_num_threads(),
+    )
+
+
+def _reference(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return next((r for r in results if r["methods"] == [{"name": "full"}]), results[0])
+
+
+def add_speed(cfg: Any, rows: Sequence[Any], results: list[dict[str, Any]], num_labels: int) -> None:
+    """Median step time of every row, all models stepping round-robin in this process; ratio to full FT."""
+    import peftkit as pk
+    from peftkit.bench.speed import interleaved_times, medians
+    from peftkit.train.optim import build_optimizer
+
+    steps = {}
+    batch: dict[str, torch.Tensor] = {}
+    for row in tqdm(rows, desc="speed: build models", leave=False):
+        torch.manual_seed(cfg.seed)
+        model = pk.load_backbone(cfg.backbone, task="classification", num_labels=num_labels,
+                                 **cfg.backbone_kwargs)
+        model = pk.apply(model, method_configs(list(row.methods)))
+        model.train()
+        if not batch:
+            vocab = model.get_input_embeddings().num_embeddings
+            batch.update(synthetic_batch(_spec(cfg, row, num_labels), vocab))
+        opt = build_optimizer(model, row.lr, 0.01)
+        loss_fn = default_loss_for(model)
+
+        def step(model: Any = model, opt: Any = opt, loss_fn: Any = loss_fn, batch: Any = batch) -> None:
+            loss_fn(model(**model_inputs(batch)), batch).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        steps[row.label] = step
+    tqdm.write(f"speed: {cfg.speed_warmup} warm-up + {cfg.speed_rounds} timed round-robin rounds of "
+               f"{len(steps)} models")
+    med = medians(interleaved_times(steps, warmup=cfg.speed_warmup, rounds=cfg.speed_rounds))
+    for r in results:
+        r["step_time_s"] = med[r["label"]]
+    ref = _reference(results)["step_time_s"]
+    for r in results:
+        r["step_time_ratio"] = r["step_time_s"] / ref
+    steps.clear()
+
+
+def add_memory(cfg: Any, rows: Sequence[Any], results: list[dict[str, Any]], num_labels: int) -> None:
+    """Saved-activation bytes and whole-step peak per row (fresh process each, unless ``memory=inline``)."""
+    if cfg.memory == "off":
+        return
+    from peftkit.bench._subproc import measure_fresh, measure_step
+
+    specs = [_spec(cfg, row, num_labels) for row in rows]
+    if cfg.memory == "fresh":
+        workers = max(1, min(cfg.memory_workers, os.cpu_count() or 1))
+        with tqdm(total=len(specs), desc=f"memory: fresh process per row ({workers} at a time)",
+                  leave=False) as bar:
+            measured = measure_fresh(specs, workers, progress=bar)
+    else:
+        measured = [measure_step(s) for s in tqdm(specs, desc="memory: in process", leave=False)]
+    for r, m in zip(results, measured):
+        r["saved_activation_bytes"] = m["saved_activation_bytes"]
+        r["peak_memory_bytes"] = m["peak_bytes"]
+        r["retained_memory_bytes"] = m["retained_bytes"]
+        r["memory_trainable_params"] = m["trainable_params"]  # the same model as trained (a check)
+        r["memory_mode"] = cfg.memory if m.get("hwm_reset", True) else f"{cfg.memory} (sampled RSS)"
+    ref = _reference(results)
+    for r in results:
+        for k in ("saved_activation_bytes", "peak_memory_bytes"):
+            r[k.replace("_bytes", "_ratio")] = r[k] / ref[k] if ref[k] else None
