@@ -222,9 +222,15 @@ def load_smollm2(task: str = "classification", num_labels: int | None = None, **
         tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
         lm = transformers.AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=fname, dtype=torch.float32)
         tok = transformers.AutoTokenizer.from_pretrained(str(folder), gguf_file=fname)
+        # The weights are already dequantised to fp32; transformers refuses to save a model still marked as
+        # GGUF-quantised, so drop that marker (the saved model gives identical logits).
+        lm.hf_quantizer = None
+        if hasattr(lm.config, "quantization_config"):
+            del lm.config.quantization_config
         lm.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        os.replace(tmp, cached) if not cached.exists() else None
+        if not cached.exists():
+            os.replace(tmp, cached)
     if task == "classification":
         kw.setdefault("pad_token_id", _pad_id(cached))
     return _finish(_from_pretrained(cached, task, num_labels, dtype=torch.float32, **kw), "smollm2")

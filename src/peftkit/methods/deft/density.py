@@ -1,0 +1,145 @@
+"""Pure functions of DEFT's density loss and of the density metrics (no module state, no hooks).
+
+"From PEFT to DEFT: Parameter Efficient Finetuning for Reducing Activation Density in Transformers",
+Runwal, Pedapati, Chen, arXiv 2402.01911. The loss follows the reference code (IBM/DEFT
+``compute_l0_penalty``), in our names:
+
+    s(a)      = a^2 / (a^2 + eps)                          smooth_l0(a, eps)   (smooth surrogate of [a != 0])
+    ds/da     = 2 a eps / (a^2 + eps)^2                    smooth_l0_grad(a, eps)
+    d[b, l]   = sum_{t, j} w[b, t] * s(a_l[b, t, j])       per_sample_density(a_l, eps, valid)
+                w[b, t] = 1 / (T * D)                       (reference: every position counted)
+                w[b, t] = valid[b, t] / (n_valid[b] * D)    (padding / virtual tokens left out)
+    L_density = mean over (b, l) of d[b, l]                density_loss([a_1 .. a_L], eps, valid)
+
+and the metric follows ``compute_eval_sparsity``: ``count_nonzero(a[b]) / (T * D)`` per sample
+(``per_sample_fraction(a != 0)``), averaged over samples, then layers, times 100.
+
+Shape legend: b batch (samples), t positions (tokens, point groups), d units of the MLP (D_ff).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+
+def as_btd(a: torch.Tensor) -> torch.Tensor:
+    """View an activation as [b, t, d]: [b, d] -> [b, 1, d]; [b, t1, t2, .., d] -> [b, t1*t2*.., d]."""
+    if a.dim() < 2:
+        raise ValueError(f"an MLP activation needs a batch and a unit dimension, got shape {tuple(a.shape)}")
+    if a.dim() == 2:
+        return a.unsqueeze(1)  # [b, d] -> [b, 1, d]
+    return a.reshape(a.shape[0], -1, a.shape[-1])  # [b, ..., d] -> [b, t, d]
+
+
+def smooth_l0(a: torch.Tensor, eps: float) -> torch.Tensor:
+    """Elementwise a^2 / (a^2 + eps), computed in fp32 (or fp64 for fp64 input)."""
+    a = a if a.dtype == torch.float64 else a.float()
+    sq = a * a
+    return sq / (sq + eps)
+
+
+def smooth_l0_grad(a: torch.Tensor, eps: float) -> torch.Tensor:
+    """Elementwise d/da of a^2 / (a^2 + eps) = 2 a eps / (a^2 + eps)^2 (fp32, or fp64 for fp64 input)."""
+    a = a if a.dtype == torch.float64 else a.float()
+    den = a * a + eps
+    return (2.0 * eps) * a / (den * den)
+
+
+def position_weights(valid: torch.Tensor | None, b: int, t: int, d: int, device: Any = None,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Per-position weights w [b, t] such that sum_{t, j} w[b, t] * x[b, t, j] is a per-sample mean.
+
+    Args:
+        valid: bool [b, t], True where a position counts; None counts every position (the reference).
+        b, t, d: sizes of the activation.
+
+    Returns:
+        [b, t]: ``1 / (t * d)`` everywhere, or ``valid / (n_valid * d)`` (a sample with no valid position
+        gets weight 0 everywhere and contributes 0).
+    """
+    if valid is None:
+        return torch.full((b, t), 1.0 / (t * d), device=device, dtype=dtype)
+    if tuple(valid.shape) != (b, t):
+        raise ValueError(f"mask shape {tuple(valid.shape)} does not match the activation's (b, t) {(b, t)}")
+    v = valid.to(dtype=dtype, device=device)
+    n = v.sum(dim=1, keepdim=True).clamp_min(1.0)  # [b, 1]
+    return v / (n * d)
+
+
+class _SmoothL0Density(torch.autograd.Function):
+    """d[b] = sum_{t, j} w[b, t] s(a[b, t, j]) with an analytic backward that saves only ``a`` and ``w``
+    (plain autograd would also keep a^2 and a^2 + eps, two more activation-sized tensors per layer)."""
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:  # a [b,t,d], w [b,t]
+        ctx.save_for_backward(a, w)
+        ctx.eps = eps
+        return (smooth_l0(a, eps) * w.unsqueeze(-1)).sum(dim=(1, 2))  # [b]
+
+    @staticmethod
+    def backward(ctx: Any, grad_d: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:  # grad_d [b]
+        a, w = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        scale = (grad_d.to(w.dtype).unsqueeze(1) * w).unsqueeze(-1)  # [b, t, 1]
+        return (smooth_l0_grad(a, ctx.eps) * scale).to(a.dtype), None, None
+
+
+def per_sample_density(a: torch.Tensor, eps: float, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """d[b]: the per-sample mean of a^2 / (a^2 + eps) over positions and units (differentiable in ``a``).
+
+    Args:
+        a: activation [b, t, d] (or [b, d], or [b, ..., d]).
+        eps: > 0.
+        valid: bool [b, t] of the positions that count, or None for all of them.
+
+    Returns:
+        [b], fp32 (fp64 for fp64 input).
+    """
+    a3 = as_btd(a)
+    wdtype = torch.float64 if a.dtype == torch.float64 else torch.float32
+    w = position_weights(valid, a3.shape[0], a3.shape[1], a3.shape[2], device=a.device, dtype=wdtype)
+    return _SmoothL0Density.apply(a3, w, float(eps))
+
+
+def density_loss(acts: Sequence[torch.Tensor], eps: float, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """L_density = mean over (b, l) of d[b, l] for the activations of L layers of one stack (unweighted)."""
+    if not acts:
+        raise ValueError("density_loss needs at least one layer's activation")
+    d = torch.stack([per_sample_density(a, eps, valid) for a in acts], dim=1)  # [b, l]
+    return d.mean()
+
+
+def density_term_grad(a: torch.Tensor, eps: float, valid: torch.Tensor | None = None,
+                      coef: float = 1.0) -> torch.Tensor:
+    """Gradient of ``coef * mean_b d[b]`` with respect to ``a`` (same shape and dtype as ``a``).
+
+    This is what one layer's term contributes to d(loss)/d(a); a custom backward (MEFT's reversible
+    backprop) can add it to the incoming gradient of the activation instead of differentiating the term.
+    """
+    a3 = as_btd(a)
+    b, t, d = a3.shape
+    w = position_weights(valid, b, t, d, device=a.device, dtype=torch.float64 if a.dtype == torch.float64
+                         else torch.float32)
+    g = smooth_l0_grad(a3, eps) * (w * (coef / b)).unsqueeze(-1)  # [b, t, d]
+    return g.reshape(a.shape).to(a.dtype)
+
+
+def per_sample_fraction(hit: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample fraction of ``hit`` (bool, [b, t, d] or [b, d]) over the valid positions, float64 [b].
+
+    ``per_sample_fraction(a != 0)`` is IBM/DEFT's ``count_nonzero(a[b]) / (T * D)``.
+    """
+    h3 = as_btd(hit)
+    b, t, d = h3.shape
+    if valid is None:
+        return h3.sum(dim=(1, 2), dtype=torch.int64).to(torch.float64) / (t * d)
+    if tuple(valid.shape) != (b, t):
+        raise ValueError(f"mask shape {tuple(valid.shape)} does not match the activation's (b, t) {(b, t)}")
+    v = valid.to(device=hit.device, dtype=torch.bool)
+    count = (h3 & v.unsqueeze(-1)).sum(dim=(1, 2), dtype=torch.int64).to(torch.float64)  # [b]
+    n = v.sum(dim=1, dtype=torch.int64).clamp_min(1).to(torch.float64) * d  # [b]
+    return count / n
