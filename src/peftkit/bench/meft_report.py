@@ -1,0 +1,190 @@
+"""Tables and plots of the MEFT benchmarks (``bench memory``, ``bench meft_accuracy``)."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from peftkit.bench.report import (
+    Column,
+    Panel,
+    bar_panels,
+    fmt_float,
+    fmt_frac_pct,
+    fmt_int,
+    fmt_mib,
+    fmt_pct,
+    fmt_ratio,
+    write_report,
+)
+
+
+def device_note(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"device: {torch.cuda.get_device_name()} (peak = torch.cuda.max_memory_allocated)"
+    return (f"device: CPU ({platform.processor() or platform.machine()}), no GPU in this run; peak = RSS "
+            "high-water mark over the loaded baseline, so allocator effects are included")
+
+
+def _line_figure(saved: Sequence[dict[str, Any]], archs: list[str], depths: list[int],
+                 lengths: list[int]) -> Any:
+    """Saved bytes vs depth (shortest length) and vs length (middle depth), one row of panels per shape."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mid, short = depths[len(depths) // 2], lengths[0]
+    fig, axes = plt.subplots(len(archs), 2, figsize=(10, 3.6 * len(archs)), squeeze=False)
+    for (a, b), arch in zip(axes, archs):
+        for r in (r for r in saved if r["arch"] == arch):
+            style = "-" if r["method"].startswith("MEFT") and "vanilla" not in r["method"] else "--"
+            ds = [d for d in depths if f"saved_L{d}_T{short}" in r]
+            if len(ds) > 1:
+                a.plot(ds, [r[f"saved_L{d}_T{short}"] / 2**20 for d in ds], style, marker="o",
+                       label=r["method"])
+            b.plot(lengths, [r[f"saved_L{mid}_T{t}"] / 2**20 for t in lengths], style, marker="o",
+                   label=r["method"])
+        a.set(xlabel="layers", ylabel="saved for backward (MiB)", yscale="log",
+              title=f"{arch}: vs depth, {short} tokens")
+        b.set(xlabel="tokens", title=f"{arch}: vs length, {mid} layers", yscale="log", xscale="log")
+        a.legend(fontsize=6)
+        b.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def write_memory(cfg: Any, saved: list[dict[str, Any]], peaks: list[dict[str, Any]],
+                 times: list[dict[str, Any]], device: str, seconds: float, command: str,
+                 points: list[dict[str, Any]]) -> list[Path]:
+    """OUT/memory.*, OUT/memory_peak.*, OUT/memory_time.* (JSON + Markdown + PNG each)."""
+    depths = sorted(int(d) for d in cfg.depths.split(","))
+    lengths = sorted(int(t) for t in cfg.lengths.split(","))
+    arch, td, tt = cfg.target.split(",")
+    notes = [device_note(device), f"batch {cfg.batch_size}; same synthetic batch for every method; fp32; "
+             f"{cfg.threads} thread(s); random weights", f"command: `{command}`",
+             f"wall time {seconds:.0f} s"]
+    meta = {"config": vars(cfg), "device": device, "points": points}
+    cols = [Column("arch", "shape"), Column("method", "method")]
+    cells = sorted({(int(k.split("_")[1][1:]), int(k.split("_")[2][1:])) for r in saved for k in r
+                    if k.startswith("saved_L")}, key=lambda c: (c[1], c[0]))
+    cols += [Column(f"saved_L{d}_T{t}", f"L{d} T{t}", fmt_mib) for d, t in cells]
+    cols += [Column("ratio_target", f"vs full FT ({arch} L{td} T{tt})", fmt_ratio),
+             Column("depth_growth", f"L{max(depths)} / L{min(depths)}", fmt_ratio)]
+    out = []
+    if saved:
+        out.append(write_report(cfg.out_dir, "memory", rows=saved, columns=cols, notes=notes, meta=meta,
+                                title="Bytes saved for backward (one forward + loss)",
+                                figure=_line_figure(saved, cfg.archs.split(","), depths, lengths))["md"])
+    if peaks:
+        pcols = [Column("method", "method"), Column("depth", "layers"),
+                 Column("peak_bytes", "step peak", fmt_mib),
+                 Column("retained_bytes", "retained (grads, optimiser)", fmt_mib),
+                 Column("transient_bytes", "peak - retained", fmt_mib),
+                 Column("peak_vs_full", "peak vs full FT", fmt_ratio),
+                 Column("transient_vs_full", "(peak - retained) vs full FT", fmt_ratio)]
+        fig = bar_panels([r for r in peaks if r["depth"] == int(td) and r["arch"] == arch], "method",
+                         [Panel("peak_bytes", "whole-step peak (MiB)", fmt_mib, 1 / 2**20),
+                          Panel("transient_bytes", "peak - retained (MiB)", fmt_mib, 1 / 2**20)],
+                         title=f"{arch}, {td} layers, {tt} tokens")
+        out.append(write_report(cfg.out_dir, "memory_peak", rows=peaks, columns=pcols, notes=notes, meta=meta,
+                                title=f"Whole training step peak, fresh process ({arch}, {tt} tokens)",
+                                figure=fig)["md"])
+    if times:
+        tcols = [Column("method", "method"), Column("rev_s", "reversible (s)", fmt_float),
+                 Column("vanilla_s", "vanilla backward (s)", fmt_float),
+                 Column("ratio", "reversible / vanilla", fmt_ratio),
+                 Column("full_s", "full FT (s)", fmt_float),
+                 Column("ratio_full", "reversible / full FT", fmt_ratio)]
+        fig = bar_panels(times, "method", [Panel("ratio", "step time, reversible / vanilla", fmt_ratio)])
+        a, d, t = cfg.time_arch.split(",")
+        out.append(write_report(cfg.out_dir, "memory_time", rows=times, columns=tcols, meta=meta, figure=fig,
+                                notes=[*notes, f"{a}, {d} layers, {t} tokens; median of {cfg.time_rounds} "
+                                       "interleaved rounds after one warm-up round"],
+                                title="Step time of the reversible backward vs vanilla backward")["md"])
+    return out
+
+
+def _pm(key: str, pct: bool = True) -> Any:
+    """A function of a summary row: ``row[key]`` as "mean ± std" (percent when ``pct``)."""
+    def fmt(row: Any) -> str:
+        m, sd = row.get(key), row.get(key + "_std")
+        if m is None:
+            return "–"
+        scale = 100 if pct else 1
+        return f"{scale * m:.1f}" + (f" ± {scale * sd:.1f}" if sd is not None else "")
+    return fmt
+
+
+def write_accuracy(cfg: Any, rows: list[dict[str, Any]], runs: list[dict[str, Any]], seconds: float,
+                   command: str) -> list[Path]:
+    """OUT/meft_accuracy.{json,md,png}: accuracy (mean ± std over seeds), parameters, density."""
+    for r in rows:
+        r["acc"] = _pm("eval/accuracy")(r)
+        r["f1"] = _pm("eval/macro_f1")(r)
+        r["shape"] = "MiniLM" if r["backbone"] == "minilm" else "SmolLM2-135M"
+    cols = [Column("shape", "backbone"), Column("label", "method"), Column("seeds", "seeds"),
+            Column("acc", "accuracy %"), Column("f1", "macro-F1 %"),
+            Column("trainable_params", "trainable", fmt_int), Column("trainable_pct", "trainable %", fmt_pct),
+            Column("density/exact@fp32", "density exact (fp32)", lambda v: fmt_pct(v, 1)),
+            Column("density/gt1e-02_masked@fp32", "share of a above 1e-2, real tokens",
+                   lambda v: fmt_pct(v, 1))]
+    notes = [device_note("cpu"),
+             f"BBC News, MiniLM: {cfg.max_train_examples} stratified training articles, max_length "
+             f"{cfg.max_length}, {cfg.epochs} epoch(s), batch {cfg.batch_size}, linear schedule, 6% warm-up; "
+             f"evaluated on the {cfg.eval_split} split; seeds {cfg.seeds}",
+             f"SmolLM2-135M: {cfg.smollm2_train_examples} articles, max_length {cfg.smollm2_max_length}, "
+             "batch 8, evaluated on the 223 validation articles, one seed",
+             "learning rates: full FT 5e-5, every PEFT / MEFT row 1e-3", f"command: `{command}`",
+             f"wall time {seconds:.0f} s"]
+    fig = bar_panels([r for r in rows if r["backbone"] == "minilm"], "label",
+                     [Panel("eval/accuracy", "test accuracy", fmt_frac_pct)], title="MiniLM + BBC News")
+    return [write_report(cfg.out_dir, "meft_accuracy", rows=rows, columns=cols, notes=notes, figure=fig,
+                         meta={"config": vars(cfg), "runs": runs},
+                         title="MEFT vs full FT / LoRA / adapter, BBC News (CPU, reduced scale)")["md"]]
+
+
+def write_numerics(cfg: Any, tables: dict[str, list[dict[str, Any]]], seconds: float,
+                   command: str) -> list[Path]:
+    """OUT/meft_init.*, OUT/meft_recon.*, OUT/meft_grad.* from :mod:`peftkit.bench.meft_numerics`."""
+    notes = [device_note("cpu"), f"{cfg.numerics_backbone}, the first {cfg.numerics_docs} BBC News test "
+             f"articles, max_length {cfg.max_length}", f"command: `{command}`", f"wall time {seconds:.0f} s"]
+    e = lambda v: f"{v:.1e}" if v is not None else "–"  # noqa: E731
+    depth = max((len(r["errors"]) for r in tables.get("meft_recon", [])), default=0)
+    specs = {
+        "meft_init": ("Starting point: cosine of the converted model's last hidden state with the PLM's",
+                      [Column("variant", "variant"), Column("lam", "lam", fmt_float),
+                       Column("beta", "beta", fmt_float), Column("cos_mean", "output cos (mean)", fmt_float),
+                       Column("cos_min", "output cos (min)", fmt_float),
+                       Column("stream_cos", "closest stream cos", fmt_float), Column("stream", "stream")],
+                      Panel("cos_mean", "output cosine with the PLM", fmt_float)),
+        "meft_recon": ("Relative reconstruction error of each layer input (layer 0 = reconstructed last)",
+                       [Column("dtype", "model dtype"), Column("streams", "streams"),
+                        Column("variant", "variant"),
+                        *[Column(f"layer{i}", f"layer {i}", e) for i in range(depth)]],
+                       Panel("worst", "worst layer (log10)", e)),
+        "meft_grad": ("Adapter gradients: reversible backward vs plain autograd (fp32 model)",
+                      [Column("variant", "variant"), Column("streams", "streams"),
+                       Column("anchor_every", "anchor_every"), Column("grad_rel_err", "relative error", e)],
+                      Panel("grad_rel_err", "relative gradient error", e)),
+    }
+    out = []
+    for name, rows in tables.items():
+        title, cols, panel = specs[name]
+        for r in rows:
+            r["label"] = " ".join(str(r.get(k)) for k in ("dtype", "streams", "variant", "lam", "beta",
+                                                            "anchor_every") if k in r)
+            if name == "meft_recon":
+                import math
+
+                r["worst_log10"] = math.log10(max(r["worst"], 1e-300))
+        if name == "meft_recon":
+            panel = Panel("worst_log10", "log10 of the worst layer's error", fmt_float)
+        fig = bar_panels(rows, "label", [panel], title=title)
+        out.append(write_report(cfg.out_dir, name, rows=rows, columns=cols, notes=notes, figure=fig,
+                                title=title, meta={"config": vars(cfg)})["md"])
+    return out

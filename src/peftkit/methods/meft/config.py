@@ -1,0 +1,110 @@
+"""Config of MEFT (reversible): "Make Pre-trained Model Reversible: From Parameter to Memory Efficient
+Fine-Tuning" (Liao, Tan, Monz; NeurIPS 2023; arXiv 2306.00477).
+
+Not the sparse-adapter "MEFT" of arXiv 2406.04984: peftkit's ``meft`` is the reversible one.
+
+Each converted layer n is the coupling (paper notation -> our names)::
+
+    h1_n = lam  * h1_{n-1} + F_n(h2_{n-1})      (lam  = λ, reference code: x1_factor)
+    h2_n = beta * h2_{n-1} + G_n(h1_n)          (beta = β, reference code: x2_factor)
+
+Variants (paper Fig. 4 c/d; defaults from BaohaoLiao/mefts ``scripts/bert_glue.sh``):
+
+| variant | F                              | G                         | lam | beta | streams switched |
+|---------|--------------------------------|---------------------------|-----|------|------------------|
+| meft1   | PLM layer + parallel FFN adapter | adapter                 | 0.1 | 1    | yes              |
+| meft2   | adapter                        | PLM layer + parallel FFN adapter | 1 | 0.1 | yes          |
+| meft3   | attention block + adapter      | FFN block + adapter       | 0.1 | 0.1  | no               |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from peftkit.core.errors import ConfigError
+
+VARIANTS = ("meft1", "meft2", "meft3")
+STREAM_DTYPES = ("auto", "model", "float32", "float64")
+
+# (lam, beta, switch) per variant: scripts/bert_glue.sh of BaohaoLiao/mefts (x1_factor, x2_factor) and the
+# paper's Fig. 4; "switch" is the stream swap after every layer of MEFT1/2 (cat([y2, y1]) in the reference).
+VARIANT_DEFAULTS: dict[str, tuple[float, float, bool]] = {
+    "meft1": (0.1, 1.0, True),
+    "meft2": (1.0, 0.1, True),
+    "meft3": (0.1, 0.1, False),
+}
+
+
+@dataclass
+class MEFT:
+    """Turn a pretrained transformer into a reversible two-stream one with adapters (only adapters train).
+
+    Attributes:
+        variant: ``"meft1"``, ``"meft2"`` or ``"meft3"`` (which callables become F and G; table above).
+        lam: λ, the scale of stream 1; None takes the variant's default.
+        beta: β, the scale of stream 2; None takes the variant's default.
+        adapter_dim: bottleneck width r of every adapter.
+        num_rev_layers: the lower k layers use the reversible backward, the rest plain autograd through the
+            same coupling; None means all layers, 0 means "MEFT architecture with vanilla gradient".
+        use_reversible_backward: False runs the identical maths with plain autograd (the oracle / fallback).
+        adapter_init_std: σ of the N(0, σ²) init of both adapter matrices (biases start at zero).
+        adapter_dropout: dropout inside each adapter; None takes the backbone's hidden dropout.
+        adapter_act: adapter non-linearity (``gelu``, ``gelu_tanh``, ``relu``, ``silu``); None takes the
+            backbone's ``hidden_act``.
+        stream_dtype: dtype of the two streams and their coupling arithmetic; F and G still compute in the
+            model's dtype. ``"auto"``: float64 for a float32/float64 model, float32 for a bf16/fp16 one, which
+            keeps reconstruction near-exact (F and G recompute bit-identically, so only the stream arithmetic
+            rounds). ``"model"``: the model's dtype, as the reference code (reconstruction error then grows
+            about 1/lam or 1/beta per layer; see docs/methods/meft.md). Or ``"float32"`` / ``"float64"``.
+        anchor_every: also keep the two streams at the input of every k-th reversible layer (bottom one
+            included) so backward restarts from exact values there: bounds the reconstruction error, at the
+            cost of ceil(k_rev / k) stream pairs of memory. 0 = off (the paper: only the output is kept).
+        check_every: every N training forwards, invert the reversible layers on that batch and warn when the
+            relative reconstruction error of any layer input exceeds ``check_tolerance`` (0 = off).
+        check_tolerance: the relative error that triggers the drift warning.
+    """
+
+    variant: str = "meft1"
+    lam: float | None = None
+    beta: float | None = None
+    adapter_dim: int = 8                 # adapter_bottleneck_dim=8 in bert_glue.sh
+    num_rev_layers: int | None = None    # REVLAYERS=12 of 12 (all) in bert_glue.sh
+    use_reversible_backward: bool = True
+    adapter_init_std: float = 0.02       # "W_down, W_up ~ N(0, σ²) and σ = 0.02" (paper, Fig. 4 caption)
+    adapter_dropout: float | None = None  # reference adapter: config.hidden_dropout_prob (models/modules.py)
+    adapter_act: str | None = None       # reference adapter uses ACT2FN[config.hidden_act]
+    stream_dtype: str = "auto"          # not a paper constant: our numerical-stability choice (docs)
+    anchor_every: int = 0                # not in the paper (0 = its behaviour); a stability option (docs)
+    check_every: int = 0
+    check_tolerance: float = 1e-2
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"MEFT variant '{self.variant}' is unknown; choose one of: "
+                              f"{', '.join(VARIANTS)}")
+        for name in ("lam", "beta"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ConfigError(f"MEFT {name} must be > 0 (the inverse divides by it), got {v}")
+        if self.adapter_dim < 1:
+            raise ConfigError(f"MEFT adapter_dim must be >= 1, got {self.adapter_dim}")
+        if self.num_rev_layers is not None and self.num_rev_layers < 0:
+            raise ConfigError(f"MEFT num_rev_layers must be >= 0 or None (all), got {self.num_rev_layers}")
+        if self.adapter_init_std < 0:
+            raise ConfigError(f"MEFT adapter_init_std must be >= 0, got {self.adapter_init_std}")
+        if self.adapter_dropout is not None and not 0.0 <= self.adapter_dropout < 1.0:
+            raise ConfigError(f"MEFT adapter_dropout must be in [0, 1), got {self.adapter_dropout}")
+        if self.stream_dtype not in STREAM_DTYPES:
+            raise ConfigError(f"MEFT stream_dtype '{self.stream_dtype}' is unknown; choose one of: "
+                              f"{', '.join(STREAM_DTYPES)}")
+        if self.anchor_every < 0:
+            raise ConfigError(f"MEFT anchor_every must be >= 0 (0 = off), got {self.anchor_every}")
+        if self.check_every < 0 or not self.check_tolerance > 0:
+            raise ConfigError("MEFT check_every must be >= 0 and check_tolerance > 0")
+
+    def resolved(self) -> tuple[float, float, bool]:
+        """(lam, beta, switch) with the variant's defaults filled in."""
+        lam, beta, switch = VARIANT_DEFAULTS[self.variant]
+        lam = lam if self.lam is None else float(self.lam)
+        beta = beta if self.beta is None else float(self.beta)
+        return lam, beta, switch

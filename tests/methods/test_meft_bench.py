@@ -1,0 +1,85 @@
+"""The MEFT benchmarks' bookkeeping (``bench memory``, ``bench meft_accuracy``): what is measured where, how
+rows are combined, bad overrides. The measurements themselves are exercised by the benchmark runs."""
+
+from __future__ import annotations
+
+import pytest
+
+import peftkit as pk
+from peftkit.bench import meft_accuracy as acc
+from peftkit.bench import memory_sweep as mem
+
+
+def test_sweep_points_cover_the_cross_and_the_target() -> None:
+    cfg = mem.SweepConfig()
+    pts = mem.points(cfg)
+    cells = {(a, d, t, m) for a, d, t, m, _ in pts}
+    assert len(cells) == len(pts)                                  # nothing measured twice
+    for arch in ("bert_base", "minilm"):
+        for label in mem.METHODS:                                  # every method at 12 layers, both lengths
+            assert {(arch, 12, 128, label), (arch, 12, 512, label)} <= cells
+        for d in (6, 24):                                          # the depth arm at the shortest length
+            assert all((arch, d, 128, m) in cells for m in mem.DEPTH_ARM)
+    peaks = {(a, d, t, m) for a, d, t, m, p in pts if p}
+    assert {("bert_base", 12, 512, m) for m in mem.METHODS} <= peaks
+    assert {("bert_base", d, 512, m) for d in (6, 24) for m in mem.PEAK_DEPTH_ARM} <= peaks
+    assert all(a == "bert_base" and t == 512 for a, _, t, _ in peaks)
+    assert not any(p for *_, p in mem.points(mem.parse(["peak=false"])))
+
+
+def test_saved_table_ratios() -> None:
+    cfg = mem.parse(["archs=minilm", "depths=6,12", "lengths=128", "target=minilm,12,128"])
+    rows = [{"arch": "minilm", "depth": d, "length": 128, "method": m, "saved_bytes": b}
+            for m, d, b in [("full FT", 6, 100), ("full FT", 12, 200), ("MEFT1", 6, 10), ("MEFT1", 12, 10)]]
+    table = {r["method"]: r for r in mem.saved_table(cfg, rows)}
+    assert table["MEFT1"]["ratio_target"] == pytest.approx(0.05)
+    assert table["MEFT1"]["depth_growth"] == pytest.approx(1.0)
+    assert table["full FT"]["depth_growth"] == pytest.approx(2.0)
+
+
+def test_peak_table_is_relative_to_full_ft_at_the_same_depth() -> None:
+    rows = [{"method": "full FT", "depth": 12, "peak_bytes": 1000, "transient_bytes": 400},
+            {"method": "MEFT1", "depth": 12, "peak_bytes": 100, "transient_bytes": 40},
+            {"method": "MEFT1", "depth": 24, "peak_bytes": 110, "transient_bytes": 45},
+            {"method": "LoRA r=8", "depth": 12, "saved_bytes": 5}]   # no peak: left out
+    out = mem.peak_table(rows)
+    assert [r["method"] for r in out] == ["full FT", "MEFT1", "MEFT1"]
+    assert out[1]["peak_vs_full"] == pytest.approx(0.1) and out[1]["transient_vs_full"] == pytest.approx(0.1)
+    assert out[2]["peak_vs_full"] is None
+
+
+def test_accuracy_summary_mean_and_std() -> None:
+    runs = [{"backbone": "minilm", "label": "MEFT1", "eval/accuracy": a, "trainable_params": 7}
+            for a in (0.8, 0.9)]
+    runs.append({"backbone": "smollm2", "label": "SmolLM2 MEFT1", "eval/accuracy": 0.5})
+    rows = {r["label"]: r for r in acc.summarise(runs)}
+    assert rows["MEFT1"]["eval/accuracy"] == pytest.approx(0.85)
+    assert rows["MEFT1"]["eval/accuracy_std"] == pytest.approx(0.0707107, rel=1e-5)
+    assert rows["MEFT1"]["seeds"] == 2 and rows["SmolLM2 MEFT1"]["eval/accuracy_std"] is None
+
+
+def test_accuracy_run_configs_share_the_schedule() -> None:
+    cfg = acc.AccuracyConfig(max_train_examples=64, max_length=64)
+    a, b = acc.run_config(cfg, "MEFT2", 1), acc.run_config(cfg, "full FT", 1)
+    assert a.data == b.data and a.train.epochs == b.train.epochs and a.train.batch_size == b.train.batch_size
+    assert a.method_configs() == [pk.MEFT(variant="meft2")]
+    assert a.train.lr == 1e-3 and b.train.lr == 5e-5
+    smol = acc.run_config(cfg, "SmolLM2 MEFT1", 0, backbone="smollm2")
+    assert smol.method_configs()[0].anchor_every == 6 and smol.train.eval_split == "val"
+
+
+@pytest.mark.parametrize("bad", [["nope=1"], ["depths"], ["batch_size=x"]])
+def test_sweep_bad_overrides(bad: list[str]) -> None:
+    with pytest.raises(pk.ConfigError):
+        mem.parse(bad)
+
+
+@pytest.mark.parametrize("bad", [["part=everything"], ["seedz=1"]])
+def test_accuracy_bad_overrides(bad: list[str]) -> None:
+    with pytest.raises(pk.ConfigError):
+        acc.parse(bad)
+
+
+def test_accuracy_unknown_row() -> None:
+    with pytest.raises(pk.ConfigError, match="unknown row"):
+        acc.train_rows(acc.AccuracyConfig(rows="MEFT9"))
