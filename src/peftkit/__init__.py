@@ -27,6 +27,17 @@ __version__ = "0.1.0"
 _CONFIGS = {
     "FullFineTune": "peftkit.methods.baseline.config",
     "HeadOnly": "peftkit.methods.baseline.config",
+    "Adapter": "peftkit.methods.adapter.config",
+    "LoRA": "peftkit.methods.hf_peft.config",
+    "DoRA": "peftkit.methods.hf_peft.config",
+    "QLoRA": "peftkit.methods.hf_peft.config",
+    "IA3": "peftkit.methods.hf_peft.config",
+    "PromptTuning": "peftkit.methods.hf_peft.config",
+    "PrefixTuning": "peftkit.methods.hf_peft.config",
+    "export_peft": "peftkit.methods.hf_peft.export",
+    "DEFT": "peftkit.methods.deft.config",
+    "PointPEFT": "peftkit.methods.point_peft.config",
+    "MEFT": "peftkit.methods.meft.config",
 }
 
 
@@ -41,9 +52,16 @@ def load_backbone(name: str, **kwargs: Any) -> Any:
     return get_backbone(name)(**kwargs)
 
 
+def load_tokenizer(name: str) -> Any:
+    """The tokenizer of a registered text backbone, e.g. ``load_tokenizer("minilm")``."""
+    from peftkit.backbones.hf_text import load_tokenizer as _load
+
+    return _load(name)
+
+
 __all__ = [
     "apply", "remove", "aux_loss", "param_report", "freeze_all_but_adapters", "save_adapter", "load_adapter",
-    "load_backbone", "list_methods", "list_backbones", "list_datasets", "BackboneSpec", "StackSpec",
+    "load_backbone", "load_tokenizer", "list_methods", "list_backbones", "list_datasets", "BackboneSpec", "StackSpec",
     "attach_spec", "get_spec", "PeftkitError", "ConfigError", "DataError", "CheckpointError", "UnsupportedError",
     *_CONFIGS,
 ]

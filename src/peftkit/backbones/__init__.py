@@ -2,3 +2,4 @@
 pure-PyTorch point transformer. Importing this package registers them."""
 
 from peftkit.backbones import hf_text  # noqa: F401  (its module level imports only torch)
+from peftkit.backbones import point as _point  # noqa: F401  (registers point_mae, point_mae_small, tiny_point)

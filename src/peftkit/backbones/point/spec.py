@@ -1,0 +1,40 @@
+"""BackboneSpec of the Point-MAE transformer: role -> module path (one encoder stack, pre-LN)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from peftkit.core.spec import BackboneSpec, StackSpec, attach_spec
+
+POINT_MAE_ROLES = {
+    "attn": "attn",
+    "attn_qkv": "attn.qkv",
+    "attn_out": "attn.proj",
+    "attn_norm": "norm1",
+    "mlp": "mlp",
+    "mlp_in": "mlp.fc1",
+    "mlp_act": "mlp.act",
+    "mlp_out": "mlp.fc2",
+    "mlp_norm": "norm2",
+}
+
+POINT_MAE_SPEC = BackboneSpec(
+    family="point_mae",
+    stacks=(StackSpec("encoder", "blocks", POINT_MAE_ROLES),),
+    head=("cls_head",),
+    model_roles={
+        "embeddings": "patch_embed",
+        "pos_embed": "pos_embed",
+        "final_norm": "norm",
+        "cls_token": "cls_token",  # an nn.Parameter, not a module
+        "cls_pos": "cls_pos",  # an nn.Parameter, not a module
+    },
+    layout="pre_ln",
+)
+
+
+def finish_point_model(model: nn.Module, backbone_id: str) -> nn.Module:
+    """Attach the spec and the backbone id (what adapter checkpoints are tied to)."""
+    attach_spec(model, POINT_MAE_SPEC)
+    object.__setattr__(model, "peftkit_backbone_id", backbone_id)
+    return model

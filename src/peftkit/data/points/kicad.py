@@ -1,0 +1,205 @@
+"""KiCad 3D models (Debian ``kicad-packages3d``) as a labelled point-cloud benchmark: fetch and prepare.
+
+``peftkit data kicad`` downloads the .deb with ``apt-get download`` into the cache (no root, no install),
+extracts only the ``.wrl`` files of the benchmark libraries (``dpkg-deb --fsys-tarfile | tar -x
+--wildcards``), reads each VRML model, samples ``points`` points area-weighted, normalises to the unit
+sphere, stores them in farthest-point order as ``.npz`` with per-point material ids (part labels), and
+logs every file it skips (one bad file never stops the run). The class = the library; train and test are
+split by *footprint family*: the model name with every number replaced by ``#`` (``DIP-8_W7.62mm`` and
+``DIP-14_W7.62mm`` are one family, ``DIP-8_W7.62mm_Socket`` another), so parametric near-duplicates never
+straddle the split. The split ships in ``kicad_split.json`` (names only; the meshes are CC-BY-SA-4.0 with
+the KiCad exception, which does not cover redistribution as a collection, so they are never committed).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import zlib
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from peftkit.core.errors import ConfigError, DataError
+from peftkit.data.points.sampling import cache_root, mesh_to_cloud, save_cloud
+from peftkit.data.points.vrml import read_vrml
+
+PACKAGE = "kicad-packages3d"
+MODELS_DIR = "usr/share/kicad/3dmodels"
+SPLIT_FILE = Path(__file__).with_name("kicad_split.json")
+# 12 libraries with >= 77 models each and several footprint families (docs/point.md).
+CLASSES = (
+    "Capacitor_THT",
+    "Connector_Dsub",
+    "Connector_PinHeader_2.54mm",
+    "Crystal",
+    "Diode_THT",
+    "Inductor_THT",
+    "LED_THT",
+    "Package_DFN_QFN",
+    "Package_DIP",
+    "Package_SO",
+    "Package_TO_SOT_THT",
+    "Resistor_THT",
+)
+MAX_PER_CLASS = 100  # caps the big libraries so classes are balanced and CPU runs stay short
+TEST_FRACTION = 0.25  # target share of test models per class (whole families only)
+DEFAULT_POINTS = 2048  # stored points per model (FPS order); training takes FPS 1.2 * 1024 -> random 1024
+
+
+def family(name: str) -> str:
+    """Footprint family of a model name: every number replaced by ``#``."""
+    return re.sub(r"\d+(?:\.\d+)?", "#", name)
+
+
+def _stable_seed(text: str) -> int:
+    return zlib.crc32(text.encode())
+
+
+def make_split(
+    names: dict[str, list[str]],
+    classes: tuple[str, ...] = CLASSES,
+    cap: int = MAX_PER_CLASS,
+    test_fraction: float = TEST_FRACTION,
+    seed: int = 0,
+) -> dict:
+    """Family-disjoint train/test split of ``{library: [model names]}`` (deterministic for a seed)."""
+    split: dict = {"classes": list(classes), "train": {}, "test": {}}
+    for lib in classes:
+        models = sorted(names.get(lib, []))
+        if not models:
+            raise DataError(f"library {lib} has no models in {PACKAGE}")
+        rng = np.random.default_rng(seed + _stable_seed(lib))
+        if len(models) > cap:
+            models = sorted(rng.choice(models, cap, replace=False).tolist())
+        fams: dict[str, list[str]] = defaultdict(list)
+        for m in models:
+            fams[family(m)].append(m)
+        order = sorted(fams)
+        rng.shuffle(order)
+        target, test = test_fraction * len(models), []
+        for f in order:
+            if len(test) < target and len(test) + len(fams[f]) <= 2 * target and len(fams) > 1:
+                test.extend(fams[f])
+        split["train"][lib] = sorted(set(models) - set(test))
+        split["test"][lib] = sorted(test)
+    return split
+
+
+def load_split(path: Path = SPLIT_FILE) -> dict:
+    """The shipped split: ``{"classes": [...], "train": {lib: [names]}, "test": {lib: [names]}}``."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"cannot read the KiCad split {path}: {e}") from None
+
+
+def fetch_deb(cache: Path) -> Path:
+    """The ``kicad-packages3d`` .deb in ``cache/downloads`` (``apt-get download`` when missing)."""
+    dl = cache / "downloads"
+    found = sorted(dl.glob(f"{PACKAGE}_*.deb"))
+    if found:
+        return found[-1]
+    if shutil.which("apt-get") is None:
+        raise DataError(f"apt-get not found: download {PACKAGE}_*.deb (Debian/Ubuntu) into {dl} by hand")
+    dl.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(["apt-get", "download", PACKAGE], cwd=dl, capture_output=True, text=True)
+    found = sorted(dl.glob(f"{PACKAGE}_*.deb"))
+    if res.returncode != 0 or not found:
+        raise DataError(
+            f"apt-get download {PACKAGE} failed ({res.stderr.strip()[-200:]}); "
+            f"try 'apt-get update' or put the .deb into {dl}"
+        )
+    return found[-1]
+
+
+def list_deb_models(deb: Path) -> dict[str, list[str]]:
+    """``{library: [model names]}`` of every ``.wrl`` in the .deb (reads the archive listing only)."""
+    tar = subprocess.run(
+        f"dpkg-deb --fsys-tarfile '{deb}' | tar -t", shell=True, capture_output=True, text=True
+    )
+    if tar.returncode != 0:
+        raise DataError(f"cannot list {deb}: {tar.stderr.strip()[-200:]}")
+    out: dict[str, list[str]] = defaultdict(list)
+    for line in tar.stdout.splitlines():
+        p = Path(line)
+        if p.suffix == ".wrl" and p.parent.name.endswith(".3dshapes"):
+            out[p.parent.name.removesuffix(".3dshapes")].append(p.stem)
+    return dict(out)
+
+
+def extract_libraries(deb: Path, libraries: list[str], dest: Path) -> Path:
+    """Extract the ``.wrl`` files of ``libraries`` under ``dest``; returns the models folder."""
+    root = dest / MODELS_DIR
+    missing = [lib for lib in libraries if not (root / f"{lib}.3dshapes").is_dir()]
+    if missing:
+        dest.mkdir(parents=True, exist_ok=True)
+        pats = " ".join(f"'./{MODELS_DIR}/{lib}.3dshapes/*.wrl'" for lib in missing)
+        cmd = f"dpkg-deb --fsys-tarfile '{deb}' | tar -x -C '{dest}' --wildcards {pats}"
+        res = subprocess.run(cmd, shell=True, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise DataError(f"extracting {PACKAGE} failed: {res.stderr.strip()[-300:]}")
+    return root
+
+
+def clouds_dir(cache: Path, points: int) -> Path:
+    return cache / "kicad" / f"clouds_{points}"
+
+
+def prepare(split: dict, cache: Path, points: int = DEFAULT_POINTS) -> dict:
+    """Fetch, extract and sample every model of ``split``; returns counts and the skipped files."""
+    deb = fetch_deb(cache)
+    root = extract_libraries(deb, split["classes"], cache / "kicad" / "wrl")
+    out_dir = clouds_dir(cache, points)
+    done, skipped = 0, []
+    jobs = [(lib, n) for part in ("train", "test") for lib in split["classes"] for n in split[part][lib]]
+    for lib, name in tqdm(jobs, desc="kicad: sampling models", unit="model"):
+        target = out_dir / lib / f"{name}.npz"
+        if target.is_file():
+            done += 1
+            continue
+        try:
+            mesh = read_vrml(root / f"{lib}.3dshapes" / f"{name}.wrl")
+            pts, mat = mesh_to_cloud(mesh, points, seed=_stable_seed(name))
+            save_cloud(target, pts, mat, mesh.materials)
+            done += 1
+        except DataError as e:  # one bad file never stops the run: count it and go on
+            skipped.append(f"{lib}/{name}: {e}")
+    report = {
+        "deb": deb.name,
+        "points": points,
+        "prepared": done,
+        "skipped": len(skipped),
+        "skipped_files": skipped,
+    }
+    (out_dir / "prepare_log.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def main(overrides: list[str] | None = None) -> int:
+    """``peftkit data kicad [points=2048] [cache=DIR] [write_split=true]``."""
+    opts = {"points": str(DEFAULT_POINTS), "cache": str(cache_root()), "write_split": "false"}
+    for item in overrides or []:
+        key, sep, val = item.partition("=")
+        if not sep or key not in opts:
+            raise ConfigError(f"unknown option '{item}' for 'peftkit data kicad'; options: {sorted(opts)}")
+        opts[key] = val
+    cache = Path(opts["cache"]).expanduser()
+    if opts["write_split"].lower() in ("1", "true", "yes"):
+        split = make_split(list_deb_models(fetch_deb(cache)))
+        split["source"] = fetch_deb(cache).name
+        split["family_rule"] = "model name with every number replaced by '#'"
+        SPLIT_FILE.write_text(json.dumps(split, indent=1) + "\n")
+        print(f"wrote {SPLIT_FILE}")
+    report = prepare(load_split(), cache, int(opts["points"]))
+    print(
+        f"kicad: {report['prepared']} models ready in {clouds_dir(cache, int(opts['points']))}, "
+        f"{report['skipped']} skipped (see prepare_log.json)"
+    )
+    for line in report["skipped_files"][:20]:
+        print(f"  skipped {line}")
+    return 0

@@ -1,0 +1,99 @@
+"""The P2-Bank builder (``peftkit point-bank``) and the Point-PEFT bench plumbing, on tiny_point + shapes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+import peftkit as pk
+from peftkit.core.errors import ConfigError
+from peftkit.methods.point_peft import bank as B
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread beats an oversubscribed pool."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
+def write_config(tmp_path: Path, methods: list[dict], **train) -> Path:
+    tree = {
+        "out_dir": str(tmp_path / "run"),
+        "seed": 0,
+        "backbone": {"name": "tiny_point"},
+        "data": {"name": "synthetic_shapes", "train_size": 10, "test_size": 5},
+        "methods": methods,
+        "train": {"epochs": 1, "batch_size": 5, "eval_batch_size": 8, "threads": 1, **train},
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def test_point_bank_command_writes_the_encoders_features(tmp_path):
+    bank_dir = tmp_path / "bank"
+    cfg = write_config(tmp_path, [{"name": "point_peft", "bank_path": str(bank_dir), "prompt_layers": 1,
+                                   "num_prompt_tokens": 4}])
+    from peftkit.train.cli import main as cli
+
+    assert cli(["point-bank", str(cfg)]) == 0
+    meta = json.loads((bank_dir / B.META_NAME).read_text())
+    assert meta["count"] == 10 and meta["dim"] == 32 and meta["split"] == "train"
+    assert not list(tmp_path.glob(".bank.tmp-*"))                       # atomic: no temporary left over
+    # the features are the normalised query features of the un-augmented training clouds, in order
+    from peftkit.core.registry import get_dataset
+
+    data = get_dataset("synthetic_shapes")(backbone="tiny_point", seed=0, train_size=10, test_size=5)
+    model = pk.load_backbone("tiny_point", num_labels=data.num_labels)
+    enc = B.QueryEncoder(model)
+    batch = data.eval_collate([data.train[i] for i in range(10)])
+    feats, _ = B.load_bank(bank_dir, enc.fingerprint(), 32)
+    torch.testing.assert_close(feats, F.normalize(enc(batch["points"]), dim=-1), atol=1e-5, rtol=1e-4)
+    assert torch.allclose(feats.norm(dim=-1), torch.ones(10), atol=1e-5)
+    # and a training run on that config reads the bank
+    from peftkit.train.config import load_config
+    from peftkit.train.loop import run
+
+    summary = run(load_config(cfg), progress=False)
+    assert summary["trainable/point_peft"] > 0 and 0.0 <= summary["eval/accuracy"] <= 1.0
+
+
+def test_point_bank_without_a_point_peft_method_is_one_clear_error(tmp_path, capsys):
+    from peftkit.train.cli import main as cli
+
+    cfg = write_config(tmp_path, [{"name": "head_only"}])
+    assert cli(["point-bank", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bank_path" in err[0]
+    with pytest.raises(ConfigError):
+        B.main(str(cfg))
+
+
+def test_bench_options_and_aggregation():
+    from peftkit.bench import point_peft as bench
+
+    cfg, run = bench.parse(["rows=full,point_peft", "seeds=0,1", "train.epochs=2", "data.max_per_class=5"])
+    assert cfg.rows == "full,point_peft" and run == ["train.epochs=2", "data.max_per_class=5"]
+    with pytest.raises(ConfigError, match="unknown bench option"):
+        bench.parse(["epochz=3"])
+    with pytest.raises(ConfigError, match="unknown row"):
+        bench.parse(["rows=nope"])
+    runs = bench._runs(cfg)
+    assert ("full", "rot", 1) in runs and ("point_peft", "std", 0) in runs and len(runs) == 8
+    res = {}
+    for seed, (last, curve) in enumerate([(0.5, [0.4, 0.6, 0.5]), (0.7, [0.7, 0.65, 0.7])]):
+        metrics = {"eval/accuracy": last, "trainable_params": 10, "total_params": 100, "trainable_pct": 10.0,
+                   "step_time_s": 1.0 + seed, "peak_memory_bytes": 5}
+        res[("full", "std", seed)] = {"metrics": metrics, "curve": curve}
+    (row,) = bench.aggregate(res)
+    assert row["acc_last"] == pytest.approx(0.6) and row["acc_best"] == pytest.approx(0.65)
+    assert row["acc_last_std"] == pytest.approx(0.1414213, rel=1e-5) and row["train_step_time_s"] == 1.5
