@@ -64,6 +64,7 @@ def setup(device: str = "auto") -> DistEnv:
 
 def teardown(env: DistEnv) -> None:
     if env.distributed and dist.is_initialized():
+        dist.barrier()  # no rank tears gloo down while a peer is still sending
         dist.destroy_process_group()
 
 
