@@ -212,7 +212,7 @@ def plot_curves(cfg: PointBenchConfig, slugs: list[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(8.0, 3.2), dpi=110)
     for slug in slugs:
         recs = [json.loads(x) for x in (Path(cfg.out_dir) / slug / "metrics.jsonl").read_text().splitlines()]
         pts = [(r["epoch"] + 1, r["val/accuracy"]) for r in recs if "val/accuracy" in r]
@@ -220,7 +220,7 @@ def plot_curves(cfg: PointBenchConfig, slugs: list[str], path: Path) -> None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy")
     ax.set_title("KiCad-12: test accuracy per epoch")
-    ax.legend(frameon=False, fontsize=8)
+    ax.legend(frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

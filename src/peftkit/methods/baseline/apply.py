@@ -14,7 +14,10 @@ def apply_full(model: nn.Module, spec: BackboneSpec, config: FullFineTune) -> Ap
     state = get_state(model)
     head = {id(p) for p in state.head_parameters()} if state else set()
     params = [p for p in model.parameters() if id(p) not in head]
-    return Applied("full", config, params=lambda: params)
+    # Full fine-tuning also changes the backbone's running statistics (BatchNorm in the point encoder):
+    # its checkpoint carries every buffer, or a reloaded run would evaluate with the initial statistics.
+    buffers = list(model.buffers())
+    return Applied("full", config, params=lambda: params, buffers=lambda: buffers)
 
 
 def apply_head_only(model: nn.Module, spec: BackboneSpec, config: HeadOnly) -> Applied:
