@@ -6,11 +6,13 @@ PNG plot next to each other and prints the table.
 
 BENCHES: dict[str, tuple[str, str]] = {
     "demo": ("peftkit.bench.demo", "the main job: methods on MiniLM + BBC News, one table (make demo)"),
-    "memory": ("peftkit.bench.memory_sweep", "MEFT memory: saved activations and peak per step vs depth and length"),
+    "memory": ("peftkit.bench.memory_sweep",
+               "MEFT memory: saved activations and peak per step vs depth and length"),
     "meft_accuracy": ("peftkit.bench.meft_accuracy", "MEFT1/2/3 vs full FT / LoRA / adapter accuracy"),
     "deft": ("peftkit.bench.deft", "PEFT vs DEFT: task metric and activation density, several seeds"),
     "density": ("peftkit.bench.density", "activation density of a saved run (fp32 and bf16)"),
     "ops": ("peftkit.bench.point_ops", "speed of FPS / kNN / grouping / Chamfer at the papers' sizes"),
-    "point": ("peftkit.bench.point", "KiCad classification: full FT, linear probe, LoRA, pretrained vs random"),
+    "point": ("peftkit.bench.point",
+              "KiCad classification: full FT, linear probe, LoRA, pretrained vs random"),
     "point_peft": ("peftkit.bench.point_peft", "Point-PEFT vs baselines and ablations on KiCad"),
 }

@@ -14,13 +14,13 @@ meft_grad.*).
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from peftkit.bench._args import parse_overrides
 from peftkit.core.errors import ConfigError
 
 MEFT = {"name": "meft"}
@@ -129,16 +129,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def parse(overrides: list[str]) -> AccuracyConfig:
-    from peftkit.train.config import _coerce
-    from peftkit.train.overrides import parse_value
-
-    cfg, hints = AccuracyConfig(), __import__("typing").get_type_hints(AccuracyConfig)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or key not in hints:
-            keys = ", ".join(f.name for f in dataclasses.fields(cfg))
-            raise ConfigError(f"bad override '{item}' for peftkit bench meft_accuracy; keys: {keys}")
-        setattr(cfg, key, _coerce(parse_value(text), hints[key], key))
+    cfg = parse_overrides(AccuracyConfig, overrides, "meft_accuracy")
     if cfg.part not in ("train", "init", "numerics"):
         raise ConfigError(f"part must be train, init or numerics, got '{cfg.part}'")
     return cfg

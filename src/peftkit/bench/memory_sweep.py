@@ -24,7 +24,6 @@ Shape legend: b batch, t tokens.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftkit.core.errors import ConfigError
+from peftkit.bench._args import parse_overrides
 
 _MEFT = {"name": "meft"}
 # label -> (method stack, backbone kwargs)
@@ -217,17 +216,7 @@ def time_rows(cfg: SweepConfig) -> list[dict[str, Any]]:
 
 
 def parse(overrides: list[str]) -> SweepConfig:
-    from peftkit.train.config import _coerce
-    from peftkit.train.overrides import parse_value
-
-    cfg, hints = SweepConfig(), __import__("typing").get_type_hints(SweepConfig)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or key not in hints:
-            keys = ", ".join(f.name for f in dataclasses.fields(cfg))
-            raise ConfigError(f"bad override '{item}' for peftkit bench memory; keys: {keys}")
-        setattr(cfg, key, _coerce(parse_value(text), hints[key], key))
-    return cfg
+    return parse_overrides(SweepConfig, overrides, "memory")
 
 
 def main(overrides: list[str]) -> int:

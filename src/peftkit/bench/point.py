@@ -19,13 +19,13 @@ import dataclasses
 import json
 import subprocess
 import sys
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from peftkit.bench._args import parse_overrides
 from peftkit.bench.report import (
     Column,
     Panel,
@@ -69,19 +69,7 @@ class PointBenchConfig:
 
 
 def parse(overrides: list[str]) -> PointBenchConfig:
-    cfg, hints = PointBenchConfig(), typing.get_type_hints(PointBenchConfig)
-    names = {f.name for f in dataclasses.fields(PointBenchConfig)}
-    for item in overrides:
-        key, sep, val = item.partition("=")
-        if not sep or key not in names:
-            raise ConfigError(f"bench point: unknown option '{item}'; options: {', '.join(sorted(names))}")
-        h = hints[key]
-        setattr(
-            cfg,
-            key,
-            val.lower() in ("1", "true", "yes") if h is bool else h(val) if h in (int, float) else val,
-        )
-    return cfg
+    return parse_overrides(PointBenchConfig, overrides, "point")
 
 
 def run_row(cfg: PointBenchConfig, slug: str) -> dict[str, Any]:

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from peftkit.backbones.point.ops import chamfer_l2, farthest_point_sample, group_points, knn
+from peftkit.bench._args import parse_overrides
 from peftkit.bench.report import Column, Panel, bar_panels, fmt_float, fmt_text, write_report
 from peftkit.bench.speed import median_step_time
-from peftkit.core.errors import ConfigError
 
 
 @dataclass
@@ -37,14 +37,7 @@ class OpsConfig:
 
 
 def parse(overrides: list[str]) -> OpsConfig:
-    cfg, hints = OpsConfig(), typing.get_type_hints(OpsConfig)
-    names = {f.name for f in dataclasses.fields(OpsConfig)}
-    for item in overrides:
-        key, sep, val = item.partition("=")
-        if not sep or key not in names:
-            raise ConfigError(f"bench ops: unknown option '{item}'; options: {', '.join(sorted(names))}")
-        setattr(cfg, key, hints[key](val) if hints[key] in (int, float) else val)
-    return cfg
+    return parse_overrides(OpsConfig, overrides, "ops")
 
 
 def time_ops(b: int, n: int, g: int, k: int, iters: int, device: str) -> list[dict[str, typing.Any]]:

@@ -72,7 +72,7 @@ def atomic_dir(final: Path) -> Path:
 
 
 def commit_dir(tmp: Path, final: Path) -> None:
-    """Replace ``final`` by ``tmp`` (rename; the old directory is removed only after the new one is in place)."""
+    """Replace ``final`` by ``tmp`` by renaming; the old directory goes only once the new one is in place."""
     old = None
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
@@ -84,16 +84,27 @@ def commit_dir(tmp: Path, final: Path) -> None:
 
 def save_adapter(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     """Write the adapter-only checkpoint of ``model`` to the directory ``path`` (atomically)."""
-    from safetensors.torch import save_file
-
-    final = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in adapter_state_dict(model).items()}
     cfg = checkpoint_config(model)
     cfg["tensors"] = {k: list(v.shape) for k, v in tensors.items()}
+    return write_tensor_dir(Path(path), {WEIGHTS_NAME: tensors}, {CONFIG_NAME: cfg}, FORMAT)
+
+
+def write_tensor_dir(
+    final: Path, tensor_files: dict[str, dict[str, torch.Tensor]], json_files: dict[str, Any], fmt: str
+) -> Path:
+    """Write safetensors and JSON files into the directory ``final`` atomically (temp dir, then rename).
+
+    Nothing half-written is left behind if any write fails.
+    """
+    from safetensors.torch import save_file
+
     tmp = atomic_dir(final)
     try:
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
-        (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2))
+        for name, tensors in tensor_files.items():
+            save_file(tensors, str(tmp / name), metadata={"format": fmt})
+        for name, obj in json_files.items():
+            (tmp / name).write_text(json.dumps(obj, indent=2))
         commit_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -108,14 +119,19 @@ def read_adapter_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         cfg = json.loads(p.read_text())
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{p} is not valid JSON ({e.msg} at line {e.lineno}); the checkpoint is corrupt") from None
+        raise CheckpointError(
+            f"{p} is not valid JSON ({e.msg} at line {e.lineno}); the checkpoint is corrupt"
+        ) from None
     if cfg.get("format") != FORMAT:
         raise CheckpointError(f"{p} is not a peftkit adapter checkpoint (format {cfg.get('format')!r})")
     return cfg
 
 
 def method_configs_from_checkpoint(cfg: dict[str, Any]) -> list[Any]:
-    return [config_from_dict(get_method(m["name"]).config_cls, m["config"], where=CONFIG_NAME) for m in cfg["methods"]]
+    return [
+        config_from_dict(get_method(m["name"]).config_cls, m["config"], where=CONFIG_NAME)
+        for m in cfg["methods"]
+    ]
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
@@ -150,18 +166,24 @@ def load_adapter(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise CheckpointError(
-            f"checkpoint {path} does not match the model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+            f"checkpoint {path} does not match the model: missing {_head(missing)}, "
+            f"unexpected {_head(unexpected)}"
         )
     for k, t in expected.items():
         if tuple(tensors[k].shape) != tuple(t.shape):
             raise CheckpointError(
-                f"checkpoint {path}: '{k}' has shape {tuple(tensors[k].shape)}, the model expects {tuple(t.shape)}"
+                f"checkpoint {path}: '{k}' has shape {tuple(tensors[k].shape)}, "
+                f"the model expects {tuple(t.shape)}"
             )
     with torch.no_grad():
         for k, t in expected.items():
             t.copy_(tensors[k].to(dtype=t.dtype, device=t.device))
     return model
+
+
+def _head(keys: list[str]) -> str:
+    """The first few keys of a list, for one-line error messages."""
+    return f"{keys[:5]}{'...' if len(keys) > 5 else ''}"
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:

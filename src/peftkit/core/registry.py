@@ -16,7 +16,7 @@ from peftkit.core.errors import ConfigError
 class MethodEntry:
     name: str
     config_cls: type
-    apply: Callable[..., Any]        # apply(model, spec, config) -> Applied
+    apply: Callable[..., Any]  # apply(model, spec, config) -> Applied
     summary: str = ""
 
 
@@ -26,7 +26,7 @@ _DATASETS: dict[str, tuple[Callable[..., Any], str]] = {}
 
 
 def register_method(name: str, config_cls: type, apply: Callable[..., Any], summary: str = "") -> None:
-    """Register a method: ``apply(model, spec, config)`` edits the model in place and returns an ``Applied``."""
+    """Register a method: ``apply(model, spec, config)`` edits the model in place, returns an ``Applied``."""
     if name in _METHODS:
         raise ValueError(f"method '{name}' is already registered")
     _METHODS[name] = MethodEntry(name, config_cls, apply, summary)

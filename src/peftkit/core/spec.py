@@ -31,9 +31,9 @@ from peftkit.core.errors import UnsupportedError
 class StackSpec:
     """One stack of identical transformer blocks (an encoder, or a decoder)."""
 
-    name: str                      # "encoder" / "decoder"
-    blocks: str                    # path from the model root to the nn.ModuleList of blocks
-    roles: Mapping[str, str]       # role -> path inside one block
+    name: str  # "encoder" / "decoder"
+    blocks: str  # path from the model root to the nn.ModuleList of blocks
+    roles: Mapping[str, str]  # role -> path inside one block
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class BackboneSpec:
         )
 
     def block_paths(self, model: nn.Module, stack: str | None = None) -> list[str]:
-        """Paths of every block of one stack (or of all stacks when ``stack`` is None and there are several)."""
+        """Paths of every block of one stack, or of all stacks when ``stack`` is None."""
         stacks = self.stacks if stack is None else (self.stack(stack),)
         paths: list[str] = []
         for s in stacks:
@@ -88,7 +88,9 @@ class BackboneSpec:
         found = [s for s in stacks if role in s.roles]
         if not found:
             have = sorted({r for s in stacks for r in s.roles})
-            raise UnsupportedError(f"backbone family '{self.family}' has no role '{role}'; its roles are {have}")
+            raise UnsupportedError(
+                f"backbone family '{self.family}' has no role '{role}'; its roles are {have}"
+            )
         paths: list[str] = []
         for s in found:
             n = len(model.get_submodule(s.blocks))
@@ -98,7 +100,8 @@ class BackboneSpec:
     def model_role(self, role: str) -> str:
         if role not in self.model_roles:
             raise UnsupportedError(
-                f"backbone family '{self.family}' has no model role '{role}'; it has {sorted(self.model_roles)}"
+                f"backbone family '{self.family}' has no model role '{role}'; "
+                f"it has {sorted(self.model_roles)}"
             )
         return self.model_roles[role]
 

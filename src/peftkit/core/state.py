@@ -49,7 +49,7 @@ class PeftkitState:
     """Attached to the trained root module as ``peftkit_state``."""
 
     spec: BackboneSpec
-    base: nn.Module                               # the model before any wrapping
+    base: nn.Module  # the model before any wrapping
     backbone_id: str
     applied: list[Applied] = field(default_factory=list)
     train_head: bool = True

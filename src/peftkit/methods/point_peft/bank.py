@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftkit.core.checkpoint import atomic_dir, commit_dir
+from peftkit.core.checkpoint import write_tensor_dir
 from peftkit.core.errors import CheckpointError, ConfigError, DataError
 from peftkit.core.spec import get_spec
 from peftkit.core.state import get_state, set_state
@@ -85,20 +84,9 @@ class QueryEncoder(nn.Module):
 
 def save_bank(path: str | Path, features: torch.Tensor, labels: torch.Tensor, meta: dict[str, Any]) -> Path:
     """Write ``features [N, d]`` (rows L2-normalised by the caller), ``labels [N]``, ``meta`` atomically."""
-    from safetensors.torch import save_file
-
-    final = Path(path)
     meta = {"format": BANK_FORMAT, **meta, "count": int(features.shape[0]), "dim": int(features.shape[1])}
-    tmp = atomic_dir(final)
-    try:
-        tensors = {"features": features.detach().float().cpu().contiguous(), "labels": labels.long().cpu()}
-        save_file(tensors, str(tmp / FEATURES_NAME), metadata={"format": BANK_FORMAT})
-        (tmp / META_NAME).write_text(json.dumps(meta, indent=2))
-        commit_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+    tensors = {"features": features.detach().float().cpu().contiguous(), "labels": labels.long().cpu()}
+    return write_tensor_dir(Path(path), {FEATURES_NAME: tensors}, {META_NAME: meta}, BANK_FORMAT)
 
 
 def load_bank(
