@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from torch import nn
 
 from peftkit.core.configs import config_from_dict, config_to_dict
 from peftkit.core.errors import CheckpointError
+from peftkit.core.io import atomic_dir, commit_dir
 from peftkit.core.registry import get_method
 from peftkit.core.state import get_state
 
@@ -63,23 +63,6 @@ def checkpoint_config(model: nn.Module) -> dict[str, Any]:
         "train_head": state.train_head,
         "methods": [{"name": a.name, "config": config_to_dict(a.config)} for a in state.applied],
     }
-
-
-def atomic_dir(final: Path) -> Path:
-    """A fresh temporary directory beside ``final``; commit it with :func:`commit_dir`."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-
-
-def commit_dir(tmp: Path, final: Path) -> None:
-    """Replace ``final`` by ``tmp`` by renaming; the old directory goes only once the new one is in place."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def save_adapter(model: nn.Module, path: str | os.PathLike[str]) -> Path:

@@ -33,6 +33,13 @@ class Applied:
         model: set when the method wraps the model (peft prompt learning): the new root to train.
         head_params: overrides the head's parameters when the method relocates the head (peft's
             ``modules_to_save`` copy).
+        virtual_tokens: positions the method prepends to every sequence (prompt tuning's virtual tokens);
+            a later method that masks per token (DEFT) skips them.
+        wraps_blocks: the method replaces or wraps whole blocks (Point-PEFT's prompted blocks, MEFT's
+            reversible stack); a later method that calls the blocks' sub-modules directly would bypass it.
+        trains_before_mlp_act: the method trains something upstream of an MLP activation (False for
+            head-only): a density loss on that activation has nothing to move otherwise.
+        trains_base: the method trains the pretrained weights themselves (full fine-tuning).
     """
 
     name: str
@@ -42,6 +49,10 @@ class Applied:
     buffers: Callable[[], list[torch.Tensor]] = _none_buffers
     model: nn.Module | None = None
     head_params: Callable[[], list[nn.Parameter]] | None = None
+    virtual_tokens: int = 0
+    wraps_blocks: bool = False
+    trains_before_mlp_act: bool = True
+    trains_base: bool = False
 
 
 @dataclass
@@ -57,6 +68,14 @@ class PeftkitState:
 
     def method_names(self) -> list[str]:
         return [a.name for a in self.applied]
+
+    def virtual_tokens(self) -> int:
+        """Positions prepended to every sequence by the applied methods (prompt tuning)."""
+        return sum(a.virtual_tokens for a in self.applied)
+
+    def wraps_blocks(self) -> list[str]:
+        """Names of the applied methods that replace or wrap whole blocks."""
+        return [a.name for a in self.applied if a.wraps_blocks]
 
     def head_parameters(self) -> list[nn.Parameter]:
         for a in reversed(self.applied):

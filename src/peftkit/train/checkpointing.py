@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from peftkit.core.checkpoint import atomic_dir, commit_dir, load_adapter, save_adapter
+from peftkit.core.checkpoint import load_adapter, save_adapter
+from peftkit.core.io import atomic_dir, commit_dir
 from peftkit.core.errors import CheckpointError
 from peftkit.train.distributed import DistEnv, barrier, broadcast
 
