@@ -43,7 +43,7 @@ def test_point_bank_command_writes_the_encoders_features(tmp_path):
     bank_dir = tmp_path / "bank"
     cfg = write_config(tmp_path, [{"name": "point_peft", "bank_path": str(bank_dir), "prompt_layers": 1,
                                    "num_prompt_tokens": 4}])
-    from peftkit.train.cli import main as cli
+    from peftkit.cli import main as cli
 
     assert cli(["point-bank", str(cfg)]) == 0
     meta = json.loads((bank_dir / B.META_NAME).read_text())
@@ -68,7 +68,7 @@ def test_point_bank_command_writes_the_encoders_features(tmp_path):
 
 
 def test_point_bank_without_a_point_peft_method_is_one_clear_error(tmp_path, capsys):
-    from peftkit.train.cli import main as cli
+    from peftkit.cli import main as cli
 
     cfg = write_config(tmp_path, [{"name": "head_only"}])
     assert cli(["point-bank", str(cfg)]) == 2

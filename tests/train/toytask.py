@@ -58,6 +58,6 @@ if "toy_tokens" not in _DATASETS:
 
 
 if __name__ == "__main__":
-    from peftkit.train.cli import main
+    from peftkit.cli import main
 
     sys.exit(main(sys.argv[1:]))

@@ -151,7 +151,7 @@ def _train(tree: dict[str, Any], cfg_dir: Path, threads: int) -> dict[str, Any]:
     run_dir = Path(tree["out_dir"])
     cfg_path = cfg_dir / f"{run_dir.name}.yaml"
     done = run_dir / "metrics.json"
-    _fresh(["peftkit.train.cli", "train", str(cfg_path), "--no-progress"], tree, cfg_path, done, threads)
+    _fresh(["peftkit.cli", "train", str(cfg_path), "--no-progress"], tree, cfg_path, done, threads)
     metrics = json.loads(done.read_text())
     curve = [r["val/accuracy"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
              if "val/accuracy" in r]

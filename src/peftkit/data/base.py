@@ -27,7 +27,7 @@ class TaskData:
         num_labels: number of classes (the head's output size).
         collate: list of examples -> batch dict (model inputs + ``labels``), used for training.
         eval_collate: the same for evaluation when it differs (e.g. no augmentation); defaults to ``collate``.
-        metrics: names of the metrics to report (see ``peftkit.train.metrics``), the first is the main one.
+        metrics: names of the metrics to report (see ``peftkit.metrics``), the first is the main one.
         label_names: human-readable class names.
         pad_key: the input key holding the attention mask (for density metrics with padding masked), if any.
     """

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from peftkit.core.errors import DataError
-from peftkit.train.metrics import squad_exact_match, squad_f1
+from peftkit.metrics import squad_exact_match, squad_f1
 
 
 @dataclass(frozen=True)

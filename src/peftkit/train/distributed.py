@@ -1,4 +1,4 @@
-"""Scale-out with PyTorch's own engine: ``torchrun --nproc_per_node=N -m peftkit.train.cli train CONFIG``.
+"""Scale-out with PyTorch's own engine: ``torchrun --nproc_per_node=N -m peftkit.cli train CONFIG``.
 
 torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; we open a process group (gloo on
 CPU, NCCL on CUDA), wrap the model in DDP (``find_unused_parameters=False``: every trainable parameter of a

@@ -14,7 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from peftkit.data.base import Batch
-from peftkit.train import metrics as M
+from peftkit import metrics as M
 
 
 def logits_of(output: Any) -> torch.Tensor:

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from peftkit.core.errors import ConfigError
-from peftkit.train import metrics as M
+from peftkit import metrics as M
 
 
 def test_accuracy_and_binary_f1_by_hand() -> None:
