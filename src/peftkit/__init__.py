@@ -12,8 +12,10 @@ composable with each other and with the usual PEFT methods, on text and point-cl
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from typing import Any
 
+from peftkit.core import discovery as _discovery
 from peftkit.core.apply import apply, aux_loss, remove
 from peftkit.core.checkpoint import load_adapter, save_adapter
 from peftkit.core.errors import CheckpointError, ConfigError, DataError, PeftkitError, UnsupportedError
@@ -21,7 +23,30 @@ from peftkit.core.params import freeze_all_but_adapters, param_report
 from peftkit.core.registry import get_backbone, list_backbones, list_datasets, list_methods
 from peftkit.core.spec import BackboneSpec, StackSpec, attach_spec, get_spec
 
-__version__ = "0.1.0"
+try:
+    __version__ = importlib.metadata.version("peftkit")
+except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
+
+PLUGIN_GROUP = "peftkit.plugins"
+
+
+def _discover() -> None:
+    """Register every built-in backbone, dataset and method, then the plugins of installed packages.
+
+    Importing a package runs its ``register_*`` calls (they import nothing heavy at module level). A plugin is
+    an entry point in the ``peftkit.plugins`` group whose module registers its own backbones, datasets or
+    methods when imported, e.g. in a plugin's ``pyproject.toml``:
+    ``[project.entry-points."peftkit.plugins"] mine = "my_pkg.peftkit_plugin"``.
+    """
+    importlib.import_module("peftkit.backbones")
+    importlib.import_module("peftkit.data")
+    importlib.import_module("peftkit.methods")
+    for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        ep.load()
+
+
+_discovery.set_discovery(_discover)
 
 # Method configs, resolved lazily so ``import peftkit`` stays light (no transformers / peft import).
 _CONFIGS = {
@@ -61,7 +86,8 @@ def load_tokenizer(name: str) -> Any:
 
 __all__ = [
     "apply", "remove", "aux_loss", "param_report", "freeze_all_but_adapters", "save_adapter", "load_adapter",
-    "load_backbone", "load_tokenizer", "list_methods", "list_backbones", "list_datasets", "BackboneSpec", "StackSpec",
-    "attach_spec", "get_spec", "PeftkitError", "ConfigError", "DataError", "CheckpointError", "UnsupportedError",
+    "load_backbone", "load_tokenizer", "list_methods", "list_backbones", "list_datasets", "BackboneSpec",
+    "StackSpec", "attach_spec", "get_spec", "PeftkitError", "ConfigError", "DataError", "CheckpointError",
+    "UnsupportedError",
     *_CONFIGS,
 ]

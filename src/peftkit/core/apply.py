@@ -12,10 +12,8 @@ from peftkit.core.errors import ConfigError
 from peftkit.core.params import freeze_all_but_adapters
 from peftkit.core.protocols import AuxLossModule
 from peftkit.core.registry import method_for_config
-from peftkit.core.spec import SPEC_ATTR, BackboneSpec, attach_spec, get_spec
+from peftkit.core.spec import BACKBONE_ID_ATTR, SPEC_ATTR, BackboneSpec, attach_spec, get_spec
 from peftkit.core.state import PeftkitState, get_state, set_state
-
-BACKBONE_ID_ATTR = "peftkit_backbone_id"
 
 
 def backbone_id(model: nn.Module) -> str:
@@ -66,8 +64,7 @@ def apply(
             state.applied.append(applied)
             if applied.model is not None and applied.model is not root:
                 root = applied.model
-                attach_spec(root, spec)
-                object.__setattr__(root, BACKBONE_ID_ATTR, state.backbone_id)
+                attach_spec(root, spec, state.backbone_id)
     except BaseException:
         # a failing method leaves the model as this call found it: undo what this call applied
         for a in reversed(state.applied[n_before:]):
@@ -111,4 +108,4 @@ def aux_loss(model: nn.Module) -> torch.Tensor:
     return total
 
 
-__all__ = ["apply", "remove", "aux_loss", "backbone_id", "SPEC_ATTR"]
+__all__ = ["apply", "remove", "aux_loss", "backbone_id", "SPEC_ATTR", "BACKBONE_ID_ATTR"]

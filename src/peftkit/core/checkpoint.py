@@ -6,6 +6,7 @@ exactly the ones this model's stack defines. Files are written to a temporary na
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -27,9 +28,11 @@ FORMAT = "peftkit-adapter/1"
 
 
 def _version() -> str:
-    from peftkit import __version__
-
-    return __version__
+    """The installed peftkit version (package metadata), recorded in every checkpoint."""
+    try:
+        return importlib.metadata.version("peftkit")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

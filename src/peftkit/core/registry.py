@@ -1,6 +1,8 @@
 """Registries of methods, backbones and datasets: one decorator each, checked names.
 
-Duplicate names raise; an unknown name is an error that lists the known ones.
+Duplicate names raise; an unknown name is an error that lists the known ones. Lookups first run the
+discovery hook (:mod:`peftkit.core.discovery`) that the package top installs, so the built-ins and plugins are
+registered without this module importing any layer above ``core``.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from peftkit.core.discovery import discover
 from peftkit.core.errors import ConfigError
 
 
@@ -56,26 +59,19 @@ def register_dataset(name: str, summary: str = "") -> Callable[[Callable[..., An
     return deco
 
 
-def _ensure_loaded() -> None:
-    # Importing these modules runs their register_* calls; they import nothing heavy at module level.
-    import peftkit.backbones  # noqa: F401
-    import peftkit.data  # noqa: F401
-    import peftkit.methods  # noqa: F401
-
-
 def _unknown(kind: str, name: str, known: dict[str, Any]) -> ConfigError:
     return ConfigError(f"unknown {kind} '{name}'; choose one of: {', '.join(sorted(known))}")
 
 
 def get_method(name: str) -> MethodEntry:
-    _ensure_loaded()
+    discover()
     if name not in _METHODS:
         raise _unknown("method", name, _METHODS)
     return _METHODS[name]
 
 
 def method_for_config(config: Any) -> MethodEntry:
-    _ensure_loaded()
+    discover()
     for entry in _METHODS.values():
         if type(config) is entry.config_cls:
             return entry
@@ -83,29 +79,37 @@ def method_for_config(config: Any) -> MethodEntry:
 
 
 def get_backbone(name: str) -> Callable[..., Any]:
-    _ensure_loaded()
+    discover()
     if name not in _BACKBONES:
         raise _unknown("backbone", name, _BACKBONES)
     return _BACKBONES[name][0]
 
 
 def get_dataset(name: str) -> Callable[..., Any]:
-    _ensure_loaded()
+    discover()
     if name not in _DATASETS:
         raise _unknown("dataset", name, _DATASETS)
     return _DATASETS[name][0]
 
 
 def list_methods() -> dict[str, str]:
-    _ensure_loaded()
+    discover()
     return {k: v.summary for k, v in sorted(_METHODS.items())}
 
 
 def list_backbones() -> dict[str, str]:
-    _ensure_loaded()
+    discover()
     return {k: v[1] for k, v in sorted(_BACKBONES.items())}
 
 
 def list_datasets() -> dict[str, str]:
-    _ensure_loaded()
+    discover()
     return {k: v[1] for k, v in sorted(_DATASETS.items())}
+
+
+def unregister(kind: str, name: str) -> None:
+    """Remove a registered ``"method"``, ``"backbone"`` or ``"dataset"`` (tests and plugin reloads)."""
+    tables: dict[str, dict[str, Any]] = {"method": _METHODS, "backbone": _BACKBONES, "dataset": _DATASETS}
+    if kind not in tables:
+        raise ConfigError(f"unknown registry '{kind}'; choose one of: {', '.join(tables)}")
+    tables[kind].pop(name, None)

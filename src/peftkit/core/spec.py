@@ -19,11 +19,12 @@ Model-level roles (paths from the model root): embeddings, final_norm, head.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from torch import nn
 
+from peftkit.core.discovery import discover
 from peftkit.core.errors import UnsupportedError
 
 
@@ -107,27 +108,51 @@ class BackboneSpec:
 
 
 SPEC_ATTR = "peftkit_spec"
+BACKBONE_ID_ATTR = "peftkit_backbone_id"
+
+# A resolver returns the spec of a model it recognises (e.g. by a transformers ``config.model_type``),
+# else None.
+SpecResolver = Callable[[nn.Module], "BackboneSpec | None"]
+_RESOLVERS: list[SpecResolver] = []
 
 
-def attach_spec(model: nn.Module, spec: BackboneSpec) -> nn.Module:
-    """Record ``spec`` on ``model`` so ``pk.apply`` finds it without being told."""
+def register_spec_resolver(resolver: SpecResolver) -> SpecResolver:
+    """Register a function that infers the spec of models without one; backbones call this at import.
+
+    Resolvers are tried in registration order by :func:`get_spec`; the first non-None answer wins. A resolver
+    that recognises a model but cannot describe it raises ``UnsupportedError`` with what it does support.
+    """
+    if resolver not in _RESOLVERS:
+        _RESOLVERS.append(resolver)
+    return resolver
+
+
+def attach_spec(model: nn.Module, spec: BackboneSpec, backbone_id: str | None = None) -> nn.Module:
+    """Record ``spec`` on ``model`` so ``pk.apply`` finds it without being told.
+
+    Args:
+        model: the backbone.
+        spec: its roles.
+        backbone_id: the registered backbone name the model was built as (what adapter checkpoints are tied
+            to); backbone builders pass it, ``None`` keeps the model's current id.
+    """
     object.__setattr__(model, SPEC_ATTR, spec)
+    if backbone_id is not None:
+        object.__setattr__(model, BACKBONE_ID_ATTR, backbone_id)
     return model
 
 
 def get_spec(model: nn.Module) -> BackboneSpec:
-    """The BackboneSpec of ``model``: the attached one, else inferred from an HF ``config.model_type``."""
+    """The BackboneSpec of ``model``: the attached one, else the first registered resolver's answer."""
     spec = getattr(model, SPEC_ATTR, None)
     if spec is not None:
         return spec
-    config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
-    if model_type is not None:
-        from peftkit.backbones.hf_text import spec_for_hf_model  # lazy: keeps transformers optional
-
-        spec = spec_for_hf_model(model)
-        attach_spec(model, spec)
-        return spec
+    discover()  # the backbones register their resolvers when imported
+    for resolver in _RESOLVERS:
+        spec = resolver(model)
+        if spec is not None:
+            attach_spec(model, spec)
+            return spec
     raise UnsupportedError(
         f"{type(model).__name__} has no BackboneSpec: build it with pk.load_backbone(...), or call "
         "pk.attach_spec(model, BackboneSpec(...)) to describe its blocks and roles"
