@@ -17,7 +17,7 @@ def apply_full(model: nn.Module, spec: BackboneSpec, config: FullFineTune) -> Ap
     # Full fine-tuning also changes the backbone's running statistics (BatchNorm in the point encoder):
     # its checkpoint carries every buffer, or a reloaded run would evaluate with the initial statistics.
     buffers = list(model.buffers())
-    return Applied("full", config, params=lambda: params, buffers=lambda: buffers)
+    return Applied("full", config, params=lambda: params, buffers=lambda: buffers, trains_base=True)
 
 
 def apply_head_only(model: nn.Module, spec: BackboneSpec, config: HeadOnly) -> Applied:
@@ -26,4 +26,4 @@ def apply_head_only(model: nn.Module, spec: BackboneSpec, config: HeadOnly) -> A
         from peftkit.core.errors import UnsupportedError
 
         raise UnsupportedError(f"backbone family '{spec.family}' built without a task head: head_only has nothing to train")
-    return Applied("head_only", config)
+    return Applied("head_only", config, trains_before_mlp_act=False)

@@ -21,11 +21,12 @@ from peftkit.core.spec import BackboneSpec
 from peftkit.core.state import Applied, get_state
 from peftkit.core.surgery import UndoRecord
 from peftkit.methods.deft.config import DEFT
-from peftkit.methods.deft.probe import DeftLoss, DensityProbe, MaskContext
+from peftkit.methods.deft.loss import DeftLoss
+from peftkit.methods.deft.masks import MaskContext
+from peftkit.methods.deft.probe import DensityProbe
 from peftkit.methods.deft.prune import magnitude_prune
 
 LOSS_ATTR = "peftkit_deft"  # child of the backbone root holding the DeftLoss module
-_NOTHING_UPSTREAM = ("head_only",)  # methods that leave no trainable parameter before any MLP activation
 
 
 def _observed(base: nn.Module, path: str, applied: list[str]) -> tuple[str, nn.Module]:
@@ -58,26 +59,29 @@ def apply_deft(model: nn.Module, spec: BackboneSpec, config: DEFT) -> Applied:
 
     Raises:
         UnsupportedError: the backbone has no ``mlp_act`` role, an earlier method removed the activation
-            modules, or the stack has nothing trainable before the activations (``head_only``).
-        ConfigError: ``prune`` together with full fine-tuning (the pruned weights would train back).
+            modules, or no applied method trains anything before the activations
+            (``Applied.trains_before_mlp_act``, e.g. head-only).
+        ConfigError: ``prune`` with a method that trains the base weights (``Applied.trains_base``: the
+            pruned weights would train back).
     """
     state = get_state(model)
     base = state.base if state is not None else model
     applied = state.method_names() if state is not None else []
+    prior = list(state.applied) if state is not None else []
     if not spec.has_role("mlp_act"):
         have = sorted({r for s in spec.stacks for r in s.roles})
         raise UnsupportedError(
             f"DEFT needs the 'mlp_act' role (the MLP activation module) but backbone family '{spec.family}' "
             f"does not define it; its roles are {have}. Add it to the BackboneSpec."
         )
-    blocked = [m for m in applied if m in _NOTHING_UPSTREAM]
-    if blocked:
+    if prior and not any(a.trains_before_mlp_act for a in prior):
         raise UnsupportedError(
-            f"DEFT with {blocked[0]}: no trainable parameter lies before any MLP activation, so the density "
+            f"DEFT with {applied}: no trainable parameter lies before any MLP activation, so the density "
             "loss cannot change anything; stack DEFT on a PEFT method (lora, adapter, prompt, prefix, ...)"
         )
-    if config.prune and "full" in applied:
-        raise ConfigError("DEFT prune with full fine-tuning: the pruned weights would train back; "
+    full = [a.name for a in prior if a.trains_base]
+    if config.prune and full:
+        raise ConfigError(f"DEFT prune with {full[0]}, which trains the base weights (they train back); "
                           "stack DEFT on a PEFT method")
 
     record = UndoRecord()

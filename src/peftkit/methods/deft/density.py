@@ -9,7 +9,7 @@ Runwal, Pedapati, Chen, arXiv 2402.01911. The loss follows the reference code (I
     d[b, l]   = sum_{t, j} w[b, t] * s(a_l[b, t, j])       per_sample_density(a_l, eps, valid)
                 w[b, t] = 1 / (T * D)                       (reference: every position counted)
                 w[b, t] = valid[b, t] / (n_valid[b] * D)    (padding / virtual tokens left out)
-    L_density = mean over (b, l) of d[b, l]                density_loss([a_1 .. a_L], eps, valid)
+    L_density = mean over (b, l) of d[b, l]                (DeftLoss.aux_loss, one stack)
 
 and the metric follows ``compute_eval_sparsity``: ``count_nonzero(a[b]) / (T * D)`` per sample
 (``per_sample_fraction(a != 0)``), averaged over samples, then layers, times 100.
@@ -19,7 +19,6 @@ Shape legend: b batch (samples), t positions (tokens, point groups), d units of 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -103,29 +102,6 @@ def per_sample_density(a: torch.Tensor, eps: float, valid: torch.Tensor | None =
     wdtype = torch.float64 if a.dtype == torch.float64 else torch.float32
     w = position_weights(valid, a3.shape[0], a3.shape[1], a3.shape[2], device=a.device, dtype=wdtype)
     return _SmoothL0Density.apply(a3, w, float(eps))
-
-
-def density_loss(acts: Sequence[torch.Tensor], eps: float, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """L_density = mean over (b, l) of d[b, l] for the activations of L layers of one stack (unweighted)."""
-    if not acts:
-        raise ValueError("density_loss needs at least one layer's activation")
-    d = torch.stack([per_sample_density(a, eps, valid) for a in acts], dim=1)  # [b, l]
-    return d.mean()
-
-
-def density_term_grad(a: torch.Tensor, eps: float, valid: torch.Tensor | None = None,
-                      coef: float = 1.0) -> torch.Tensor:
-    """Gradient of ``coef * mean_b d[b]`` with respect to ``a`` (same shape and dtype as ``a``).
-
-    This is what one layer's term contributes to d(loss)/d(a); a custom backward (MEFT's reversible
-    backprop) can add it to the incoming gradient of the activation instead of differentiating the term.
-    """
-    a3 = as_btd(a)
-    b, t, d = a3.shape
-    w = position_weights(valid, b, t, d, device=a.device, dtype=torch.float64 if a.dtype == torch.float64
-                         else torch.float32)
-    g = smooth_l0_grad(a3, eps) * (w * (coef / b)).unsqueeze(-1)  # [b, t, d]
-    return g.reshape(a.shape).to(a.dtype)
 
 
 def per_sample_fraction(hit: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:

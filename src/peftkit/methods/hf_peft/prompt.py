@@ -45,17 +45,16 @@ def _task_type(model: nn.Module, name: str, spec: BackboneSpec) -> str:
 
 
 def _default_tokenizer(model: nn.Module) -> str:
-    state = get_state(model)
-    bid = state.backbone_id if state else ""
-    from peftkit.backbones.hf_text import cache_dir, minilm_path
-
-    if bid == "minilm":
-        return str(minilm_path())
-    if bid == "smollm2":
-        return str(cache_dir() / "smollm2-135m")
-    raise ConfigError(
-        f"PromptTuning.init='text' on backbone '{bid}': set PromptTuning.tokenizer to a tokenizer folder"
-    )
+    """The backbone's own tokenizer: the folder a transformers model was loaded from (``name_or_path``)."""
+    folder = str(getattr(model, "name_or_path", "") or "")
+    if not folder:
+        state = get_state(model)
+        bid = state.backbone_id if state else type(model).__name__
+        raise ConfigError(
+            f"PromptTuning.init='text' on backbone '{bid}', which was not loaded from a folder with a "
+            "tokenizer: set PromptTuning.tokenizer to a tokenizer folder"
+        )
+    return folder
 
 
 def _head_params(root: nn.Module, spec: BackboneSpec) -> list[nn.Parameter]:
@@ -80,7 +79,11 @@ def _restore_heads(root: nn.Module) -> None:
         set_module(root, path, w.original_module)
 
 
-def _wrap(model: nn.Module, spec: BackboneSpec, name: str, peft_config: Any, config: Any) -> Applied:
+def _wrap(model: nn.Module, spec: BackboneSpec, name: str, peft_config: Any, config: Any,
+          virtual_tokens: int) -> Applied:
+    """Wrap ``model`` in peft's ``PeftModel``; ``virtual_tokens`` are the positions prepended to every
+    sequence that pass through the blocks (prompt tuning; 0 for prefix tuning, whose prefixes live only in
+    the attention keys / values)."""
     from peft import get_peft_model
 
     root = model
@@ -97,7 +100,7 @@ def _wrap(model: nn.Module, spec: BackboneSpec, name: str, peft_config: Any, con
         raise
     params = list(wrapper.prompt_encoder[ADAPTER_NAME].parameters())
     return Applied(name, config, params=lambda: list(params), undo=record.undo, model=wrapper,
-                   head_params=lambda: _head_params(root, spec))
+                   head_params=lambda: _head_params(root, spec), virtual_tokens=virtual_tokens)
 
 
 def _check(model: nn.Module, name: str) -> None:
@@ -121,7 +124,7 @@ def apply_prompt(model: nn.Module, spec: BackboneSpec, config: PromptTuning) -> 
         tokenizer_name_or_path=(config.tokenizer or _default_tokenizer(model)) if text else None,
         modules_to_save=list(spec.head) or None,
     )
-    return _wrap(model, spec, "prompt", peft_config, config)
+    return _wrap(model, spec, "prompt", peft_config, config, virtual_tokens=config.num_virtual_tokens)
 
 
 def apply_prefix(model: nn.Module, spec: BackboneSpec, config: PrefixTuning) -> Applied:
@@ -134,4 +137,4 @@ def apply_prefix(model: nn.Module, spec: BackboneSpec, config: PrefixTuning) -> 
         task_type=task, num_virtual_tokens=config.num_virtual_tokens, prefix_projection=config.projection,
         encoder_hidden_size=config.projection_dim, modules_to_save=list(spec.head) or None,
     )
-    return _wrap(model, spec, "prefix", peft_config, config)
+    return _wrap(model, spec, "prefix", peft_config, config, virtual_tokens=0)

@@ -11,7 +11,7 @@ from peftkit.bench import deft as B
 from peftkit.bench import density as D
 from peftkit.core.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_overrides_and_unknown_keys():

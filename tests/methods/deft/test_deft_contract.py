@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 import torch
-from test_contract import CASES, Case, _method_params, _perturb, head_count
 
 import peftkit as pk
+from methods.test_contract import CASES, Case, _method_params, _perturb, head_count  # tests/ is on sys.path
 from peftkit.core.state import get_state
 
 STACKED = ("adapter-houlsby", "adapter-pfeiffer", "adapter-parallel", "lora", "dora", "ia3", "qlora-bnb",

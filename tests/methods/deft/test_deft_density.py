@@ -8,8 +8,6 @@ import pytest
 import torch
 
 from peftkit.methods.deft.density import (
-    density_loss,
-    density_term_grad,
     per_sample_density,
     per_sample_fraction,
     position_weights,
@@ -91,25 +89,6 @@ def test_per_sample_density_backward_is_the_exact_gradient():
     w = position_weights(valid, 2, 3, 4, dtype=torch.float64)
     ref_loss = ((smooth_l0(a, EPS) * w.unsqueeze(-1)).sum(dim=(1, 2)) * g).sum()
     torch.testing.assert_close(got, torch.autograd.grad(ref_loss, a)[0])
-
-
-def test_density_loss_is_mean_over_samples_and_layers():
-    acts = [_acts(0), _acts(1), _acts(2)]
-    hand = [_hand_d(a, EPS) for a in acts]  # [l][b]
-    expect = sum(sum(row) for row in hand) / (len(acts) * 2)
-    assert density_loss(acts, EPS).item() == pytest.approx(expect, rel=1e-10)
-    with pytest.raises(ValueError):
-        density_loss([], EPS)
-
-
-def test_density_term_grad_equals_autograd_of_the_weighted_term():
-    a = _acts().requires_grad_()
-    valid = torch.tensor([[True, True, False], [True, True, True]])
-    coef = 0.37
-    auto = torch.autograd.grad(coef * per_sample_density(a, EPS, valid).mean(), a)[0]
-    torch.testing.assert_close(density_term_grad(a.detach(), EPS, valid, coef), auto)
-    a32 = a.detach().float()
-    assert density_term_grad(a32, EPS).dtype == torch.float32
 
 
 def test_position_weights_sum_to_one_per_sample_and_zero_for_empty():

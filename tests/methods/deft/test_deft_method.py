@@ -10,11 +10,13 @@ from torch import nn
 
 import peftkit as pk
 from peftkit.core.errors import ConfigError, PeftkitError, UnsupportedError
+from peftkit.core.protocols import RecomputableTerm
 from peftkit.core.spec import BackboneSpec, StackSpec
 from peftkit.core.surgery import set_module
 from peftkit.methods.deft.apply import deft_loss_module, deft_probes
-from peftkit.methods.deft.density import density_term_grad
-from peftkit.methods.deft.probe import DensityNaNError, DensityProbe
+from peftkit.methods.deft.density import per_sample_density
+from peftkit.methods.deft.loss import DensityNaNError
+from peftkit.methods.deft.probe import DensityProbe
 
 EPS = 1e-7
 
@@ -219,18 +221,23 @@ def test_checkpoint_round_trip_with_deft_in_the_stack(tmp_path):
     assert deft_probes(fresh)[0].coef == pytest.approx(0.3 / 2)
 
 
-def test_probe_api_for_custom_backward():
+def test_probe_is_a_recomputable_term_whose_gradient_matches_the_formula():
     model = pk.apply(pk.load_backbone("tiny_bert", task="classification", num_labels=3),
                      [pk.FullFineTune(), pk.DEFT(weight=2.0, exclude_padding=True)])
     probes = deft_probes(model)
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
     for p in probes:
-        p.record_activation = True
+        assert isinstance(p, RecomputableTerm)
+        p.register_forward_hook(lambda m, i, out: seen.__setitem__(m.name, (out, m.valid(out))))
     model(**_batch())
     loss = pk.aux_loss(model)
     for p in probes:  # the layer's own share (the total also flows through the later layers)
-        g = torch.autograd.grad(p.weighted_term(), p.last_activation, retain_graph=True)[0]
-        expect = density_term_grad(p.last_activation.detach(), p.eps, p.last_valid, p.coef)
+        a, valid = seen[p.name]
+        g = torch.autograd.grad(p.weighted_term(), a, retain_graph=True)[0]
+        leaf = a.detach().requires_grad_()
+        expect = torch.autograd.grad(p.coef * per_sample_density(leaf, p.eps, valid).mean(), leaf)[0]
         torch.testing.assert_close(expect, g)
+        assert g.abs().sum() > 0
     assert sum(p.weighted_term() for p in probes).item() == pytest.approx(loss.item())
 
 
