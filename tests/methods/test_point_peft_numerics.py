@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from peftkit.backbones.point.ops import farthest_point_sample, knn
+from peftkit.ops.points import farthest_point_sample, knn
 from peftkit.methods.point_peft.geo_adapter import GeoAdapter, group_tokens, inverse_distance_weights
 from peftkit.methods.point_peft.layers import LocalAttention, QuickGELU
 from peftkit.methods.point_peft.prompt import retrieve

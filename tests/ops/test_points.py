@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from peftkit.backbones.point.ops import (
+from peftkit.ops.points import (
     chamfer_l2,
     check_points,
     farthest_point_sample,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from peftkit.backbones.point.ops import chamfer_l2, farthest_point_sample, group_points, knn
+from peftkit.ops.points import chamfer_l2, farthest_point_sample, group_points, knn
 from peftkit.bench._args import parse_overrides
 from peftkit.bench.report import Column, Panel, bar_panels, fmt_float, fmt_text, write_report
 from peftkit.bench.speed import median_step_time

@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from peftkit.backbones.point.geometry import PointGeometry
+from peftkit.ops.geometry import PointGeometry
 from peftkit.core.errors import DataError
 
 # Upper bound on the elements of one distance block in knn/chamfer (b * chunk * n), about 64 MB in fp32.

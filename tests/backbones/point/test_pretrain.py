@@ -10,7 +10,7 @@ import torch
 
 import peftkit as pk
 from peftkit.backbones.point.mae import PointMAE
-from peftkit.backbones.point.ops import chamfer_l2
+from peftkit.ops.points import chamfer_l2
 from peftkit.backbones.point.pretrain import load_config, lr_at, main, pretrain
 from peftkit.core.errors import ConfigError
 

@@ -58,3 +58,38 @@ def test_prepare_from_a_local_deb(tmp_path: Path) -> None:
     assert log["skipped"] == 1
     again = K.prepare(split, cache, points=64)                          # cached: nothing re-sampled
     assert again["prepared"] == 4
+
+
+@pytest.mark.parametrize("odd", ["x; touch INJECTED", "it's here", "$(touch INJECTED2)"])
+def test_cache_paths_with_shell_characters_run_nothing(tmp_path: Path, odd: str, monkeypatch) -> None:
+    """The archive is read through an argument list and Python's tarfile: no shell ever sees the path."""
+    root = tmp_path / odd
+    deb = build_deb(root)
+    monkeypatch.chdir(tmp_path)
+    names = K.list_deb_models(deb)
+    assert sorted(names["LibB"]) == ["C-1", "D_x"]
+    split = K.make_split(names, classes=("LibA", "LibB"), test_fraction=0.3)
+    report = K.prepare(split, root / "cache", points=64)
+    assert report["prepared"] == 4
+    assert not list(tmp_path.rglob("INJECTED*"))                       # nothing ran
+
+
+def test_bad_transform_is_skipped_counted_and_reported(tmp_path: Path) -> None:
+    """One file with a 2-number rotation or 3,000 nested Groups is skipped; the others are sampled."""
+    deb = build_deb(tmp_path)
+    cache = tmp_path / "cache"
+    split = K.make_split(K.list_deb_models(deb), classes=("LibA", "LibB"), test_fraction=0.3)
+    wrl = K.extract_libraries(deb, ["LibA", "LibB"], cache / "kicad" / "wrl")
+    bad_rot = "#VRML V2.0 utf8\nTransform { rotation 0 1 children [ " + GOOD.split("\n", 1)[1] + " ] }"
+    (wrl / "LibA.3dshapes" / "A-1_W1mm.wrl").write_text(bad_rot)
+    deep = "#VRML V2.0 utf8\n" + "Group { children [ " * 3000 + "] }" * 3000
+    (wrl / "LibA.3dshapes" / "B_1.wrl").write_text(deep)
+    report = K.prepare(split, cache, points=64)
+    assert report["prepared"] == 2 and report["skipped"] == 3
+    text = "\n".join(report["skipped_files"])
+    assert "Transform.rotation" in text and "nested deeper" in text and "D_x" in text
+
+
+def test_no_shell_in_the_kicad_reader() -> None:
+    src = Path(K.__file__).read_text()
+    assert "shell=True" not in src and "os.system" not in src

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from peftkit.backbones.point.ops import farthest_point_sample
+from peftkit.ops.points import farthest_point_sample
 from peftkit.core.errors import DataError
 from peftkit.data.points.sampling import (
     fps_order,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import peftkit as pk
-from peftkit.backbones.point.ops import farthest_point_sample
+from peftkit.ops.points import farthest_point_sample
 from peftkit.core.errors import ConfigError, DataError
 from peftkit.core.registry import get_dataset
 from peftkit.data.points import kicad as K

@@ -136,3 +136,23 @@ def test_read_vrml_names_the_file(tmp_path: Path) -> None:
         read_vrml(tmp_path / "missing.wrl")
     (tmp_path / "ok.wrl").write_text(STEPUP)
     assert len(read_vrml(tmp_path / "ok.wrl").faces) == 4
+
+
+def test_deep_nesting_is_one_clear_error_not_a_recursion_error() -> None:
+    text = "#VRML V2.0 utf8\n" + "Group { children [ " * 3000 + "] }" * 3000
+    with pytest.raises(VrmlError, match="nested deeper than"):
+        parse_vrml(text)
+
+
+@pytest.mark.parametrize(
+    "field", ["rotation 0 1", "rotation 0 0 1 nan", "scale 1 1", "translation 1 2", "whichChoice 1 2"]
+)
+def test_bad_transform_fields_raise_vrml_error(field: str) -> None:
+    node = "Switch" if "whichChoice" in field else "Transform"
+    kids = "choice" if node == "Switch" else "children"
+    text = (
+        f"#VRML V2.0 utf8\n{node} {{ {field} {kids} [ Shape {{ geometry IndexedFaceSet {{ "
+        "coord Coordinate { point [0 0 0, 1 0 0, 0 1 0] } coordIndex [0 1 2 -1] } } ] }"
+    )
+    with pytest.raises(VrmlError, match="bad "):
+        parse_vrml(text)

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftkit.backbones.point.geometry import PointGeometry
-from peftkit.backbones.point.ops import group_points
+from peftkit.ops.geometry import PointGeometry
+from peftkit.ops.points import group_points
 
 
 class GroupDivider(nn.Module):

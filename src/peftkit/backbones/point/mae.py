@@ -25,7 +25,7 @@ from torch import nn
 
 from peftkit.backbones.point.convert import CLASSIFIER_ONLY
 from peftkit.backbones.point.model import Block, PointTransformer, init_weights
-from peftkit.backbones.point.ops import chamfer_l2
+from peftkit.ops.points import chamfer_l2
 from peftkit.core.errors import ConfigError
 
 MASK_RATIO = 0.6  # paper, cfgs/pretrain.yaml transformer_config.mask_ratio

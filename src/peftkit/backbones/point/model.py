@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from peftkit.backbones.point.geometry import PointGeometry
+from peftkit.ops.geometry import PointGeometry
 from peftkit.backbones.point.layers import (
     Attention,
     DropPath,
@@ -33,7 +33,7 @@ from peftkit.backbones.point.layers import (
     cls_head,
     pos_mlp,
 )
-from peftkit.backbones.point.ops import check_points
+from peftkit.ops.points import check_points
 
 
 class Block(nn.Module):

@@ -23,6 +23,7 @@ from peftkit.core.errors import ConfigError, DataError
 from peftkit.core.registry import register_dataset
 from peftkit.data.base import Batch, TaskData
 from peftkit.data.points import transforms as T
+from peftkit.ops.point_sizes import default_num_points
 
 AUGMENTS = ("scale_translate", "rotate", "scale_translate+rotate", "none")
 
@@ -40,12 +41,6 @@ class CloudDataset(Dataset[tuple[np.ndarray, int]]):
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
         return self.points[i], int(self.labels[i])
-
-
-def default_num_points(backbone: str) -> int:
-    from peftkit.backbones.point.zoo import SIZES
-
-    return int(SIZES.get(backbone, {}).get("num_points", 1024))
 
 
 def make_collate(

@@ -1,8 +1,8 @@
 """KiCad 3D models (Debian ``kicad-packages3d``) as a labelled point-cloud benchmark: fetch and prepare.
 
 ``peftkit data kicad`` downloads the .deb with ``apt-get download`` into the cache (no root, no install),
-extracts only the ``.wrl`` files of the benchmark libraries (``dpkg-deb --fsys-tarfile | tar -x
---wildcards``), reads each VRML model, samples ``points`` points area-weighted, normalises to the unit
+extracts only the ``.wrl`` files of the benchmark libraries (``dpkg-deb --fsys-tarfile`` streamed into
+Python's ``tarfile``; no shell), reads each VRML model, samples ``points`` points area-weighted, normalises to the unit
 sphere, stores them in farthest-point order as ``.npz`` with per-point material ids (part labels), and
 logs every file it skips (one bad file never stops the run). The class = the library; train and test are
 split by *footprint family*: the model name with every number replaced by ``#`` (``DIP-8_W7.62mm`` and
@@ -17,15 +17,17 @@ import json
 import re
 import shutil
 import subprocess
+import tarfile
 import zlib
 from collections import defaultdict
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from tqdm import tqdm
 
-from peftkit.core.errors import ConfigError, DataError
-from peftkit.data.points.sampling import cache_root, mesh_to_cloud, save_cloud
+from peftkit.core.errors import DataError
+from peftkit.core.io import atomic_write_bytes, atomic_write_json
+from peftkit.data.points.sampling import mesh_to_cloud, save_cloud
 from peftkit.data.points.vrml import read_vrml
 
 PACKAGE = "kicad-packages3d"
@@ -117,32 +119,79 @@ def fetch_deb(cache: Path) -> Path:
     return found[-1]
 
 
+def _deb_tar_members(deb: Path):
+    """Stream the .deb's data archive (``dpkg-deb --fsys-tarfile``, an argument list, no shell) as tar members.
+
+    Yields ``(tarfile, member)`` pairs in archive order; raises DataError when dpkg-deb fails.
+    """
+    if shutil.which("dpkg-deb") is None:
+        raise DataError(f"dpkg-deb not found: install dpkg to read {deb.name}")
+    proc = subprocess.Popen(
+        ["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+            for member in tar:
+                yield tar, member
+    except tarfile.TarError as e:
+        proc.kill()
+        raise DataError(f"cannot read the archive in {deb}: {e}") from None
+    finally:
+        proc.stdout.close()
+        err = proc.stderr.read().decode(errors="replace")
+        proc.stderr.close()
+        code = proc.wait()
+    if code != 0:
+        raise DataError(f"dpkg-deb cannot read {deb}: {err.strip()[-200:]}")
+
+
+def _model_path(name: str) -> tuple[str, str] | None:
+    """``(library, model)`` of an archive path ``./usr/share/kicad/3dmodels/LIB.3dshapes/MODEL.wrl``."""
+    p = PurePosixPath(name)
+    parts = p.parts[1:] if p.parts[:1] == (".",) else p.parts
+    if p.suffix != ".wrl" or len(parts) < 2 or not p.parent.name.endswith(".3dshapes"):
+        return None
+    if "/".join(parts[:-2]) != MODELS_DIR:
+        return None
+    return p.parent.name.removesuffix(".3dshapes"), p.stem
+
+
 def list_deb_models(deb: Path) -> dict[str, list[str]]:
     """``{library: [model names]}`` of every ``.wrl`` in the .deb (reads the archive listing only)."""
-    tar = subprocess.run(
-        f"dpkg-deb --fsys-tarfile '{deb}' | tar -t", shell=True, capture_output=True, text=True
-    )
-    if tar.returncode != 0:
-        raise DataError(f"cannot list {deb}: {tar.stderr.strip()[-200:]}")
     out: dict[str, list[str]] = defaultdict(list)
-    for line in tar.stdout.splitlines():
-        p = Path(line)
-        if p.suffix == ".wrl" and p.parent.name.endswith(".3dshapes"):
-            out[p.parent.name.removesuffix(".3dshapes")].append(p.stem)
+    for _, member in _deb_tar_members(deb):
+        hit = _model_path(member.name) if member.isfile() else None
+        if hit:
+            out[hit[0]].append(hit[1])
     return dict(out)
 
 
 def extract_libraries(deb: Path, libraries: list[str], dest: Path) -> Path:
-    """Extract the ``.wrl`` files of ``libraries`` under ``dest``; returns the models folder."""
+    """Extract the ``.wrl`` files of ``libraries`` under ``dest``; returns the models folder.
+
+    Each file is written by name (library folder + model stem; never the archive's own path, so no member
+    can escape ``dest``) and only once its library is complete is it marked done, so an interrupted
+    extraction is redone at the next call.
+    """
     root = dest / MODELS_DIR
-    missing = [lib for lib in libraries if not (root / f"{lib}.3dshapes").is_dir()]
-    if missing:
-        dest.mkdir(parents=True, exist_ok=True)
-        pats = " ".join(f"'./{MODELS_DIR}/{lib}.3dshapes/*.wrl'" for lib in missing)
-        cmd = f"dpkg-deb --fsys-tarfile '{deb}' | tar -x -C '{dest}' --wildcards {pats}"
-        res = subprocess.run(cmd, shell=True, capture_output=True, text=True)
-        if res.returncode != 0:
-            raise DataError(f"extracting {PACKAGE} failed: {res.stderr.strip()[-300:]}")
+    missing = {lib for lib in libraries if not (root / f"{lib}.3dshapes" / ".complete").is_file()}
+    if not missing:
+        return root
+    for tar, member in _deb_tar_members(deb):
+        hit = _model_path(member.name) if member.isfile() else None
+        if not hit or hit[0] not in missing:
+            continue
+        src = tar.extractfile(member)
+        if src is None:
+            continue
+        folder = root / f"{hit[0]}.3dshapes"
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(folder / f"{hit[1]}.wrl", src.read())
+    for lib in missing:
+        folder = root / f"{lib}.3dshapes"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / ".complete").write_text("")
     return root
 
 
@@ -169,6 +218,8 @@ def prepare(split: dict, cache: Path, points: int = DEFAULT_POINTS) -> dict:
             done += 1
         except DataError as e:  # one bad file never stops the run: count it and go on
             skipped.append(f"{lib}/{name}: {e}")
+        except (ValueError, IndexError, RecursionError, MemoryError) as e:  # a reader gap, not a crash
+            skipped.append(f"{lib}/{name}: unreadable ({type(e).__name__}: {str(e)[:80]})")
     report = {
         "deb": deb.name,
         "points": points,
@@ -176,30 +227,6 @@ def prepare(split: dict, cache: Path, points: int = DEFAULT_POINTS) -> dict:
         "skipped": len(skipped),
         "skipped_files": skipped,
     }
-    (out_dir / "prepare_log.json").write_text(json.dumps(report, indent=1))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "prepare_log.json", report, indent=1)
     return report
-
-
-def main(overrides: list[str] | None = None) -> int:
-    """``peftkit data kicad [points=2048] [cache=DIR] [write_split=true]``."""
-    opts = {"points": str(DEFAULT_POINTS), "cache": str(cache_root()), "write_split": "false"}
-    for item in overrides or []:
-        key, sep, val = item.partition("=")
-        if not sep or key not in opts:
-            raise ConfigError(f"unknown option '{item}' for 'peftkit data kicad'; options: {sorted(opts)}")
-        opts[key] = val
-    cache = Path(opts["cache"]).expanduser()
-    if opts["write_split"].lower() in ("1", "true", "yes"):
-        split = make_split(list_deb_models(fetch_deb(cache)))
-        split["source"] = fetch_deb(cache).name
-        split["family_rule"] = "model name with every number replaced by '#'"
-        SPLIT_FILE.write_text(json.dumps(split, indent=1) + "\n")
-        print(f"wrote {SPLIT_FILE}")
-    report = prepare(load_split(), cache, int(opts["points"]))
-    print(
-        f"kicad: {report['prepared']} models ready in {clouds_dir(cache, int(opts['points']))}, "
-        f"{report['skipped']} skipped (see prepare_log.json)"
-    )
-    for line in report["skipped_files"][:20]:
-        print(f"  skipped {line}")
-    return 0

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from peftkit.backbones.point.ops import farthest_point_sample
+from peftkit.ops.points import farthest_point_sample
 from peftkit.core.errors import DataError
 from peftkit.data.points.vrml import Mesh
 

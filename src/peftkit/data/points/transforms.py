@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from peftkit.backbones.point.ops import farthest_point_sample, gather_points
+from peftkit.ops.points import farthest_point_sample, gather_points
 from peftkit.core.errors import DataError
 
 SCALE_LOW, SCALE_HIGH, TRANSLATE = 2.0 / 3.0, 3.0 / 2.0, 0.2  # Point-MAE PointcloudScaleAndTranslate

@@ -55,6 +55,7 @@ _TOKEN = re.compile(r'[\s,]*([{}\[\]]|"(?:[^"\\]|\\.)*"|[^\s,{}\[\]"]+)')
 _COMMENT = re.compile(r"#[^\n]*")
 _NUMERIC_MF = {"point", "coordIndex", "vector", "normalIndex", "colorIndex", "texCoordIndex", "color"}
 _GROUPS = {"Group", "Transform", "Anchor", "Collision", "Billboard", "Switch", "LOD"}
+MAX_DEPTH = 64  # nesting limit of the node tree (KiCad files nest 2-4 levels); deeper files are refused
 
 
 class _Parser:
@@ -62,6 +63,7 @@ class _Parser:
         self.s = _COMMENT.sub("", text)
         self.i = 0
         self.defs: dict[str, _Node] = {}
+        self.depth = 0  # nodes open around the parse position (bounded: the parser recurses per level)
 
     def peek(self) -> str | None:
         m = _TOKEN.match(self.s, self.i)
@@ -111,12 +113,16 @@ class _Parser:
             raise VrmlError(f"{tok} is not supported")
         node = _Node(tok)
         self.expect("{")
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise VrmlError(f"nodes nested deeper than {MAX_DEPTH} levels; such a file is not supported")
         while (p := self.peek()) != "}":
             if p is None:
                 raise VrmlError(f"unterminated {tok} node")
             name = self.next()
             node.fields[name] = self.value(name)
         self.next()
+        self.depth -= 1
         return node
 
     def _is_node_start(self) -> bool:
@@ -178,13 +184,17 @@ def _is_scalar(tok: str) -> bool:
 
 
 def _floats(node: _Node, name: str, default: list[float]) -> np.ndarray:
+    """Field ``name`` as ``len(default)`` finite floats (the default when absent); VrmlError otherwise."""
     v = node.fields.get(name)
     if not v:
         return np.array(default, dtype=np.float64)
     try:
-        return np.array([float(x) for x in v], dtype=np.float64)
+        out = np.array([float(x) for x in v], dtype=np.float64)
     except (TypeError, ValueError):
-        raise VrmlError(f"bad {node.type}.{name}: {v}") from None
+        raise VrmlError(f"bad {node.type}.{name}: {str(v)[:60]}") from None
+    if out.shape != (len(default),) or not np.isfinite(out).all():
+        raise VrmlError(f"bad {node.type}.{name}: expected {len(default)} finite numbers, got {str(v)[:60]}")
+    return out
 
 
 def _rotation(axis_angle: np.ndarray) -> np.ndarray:
@@ -267,8 +277,8 @@ class _Collector:
         self.offset += len(v)
 
     def walk(self, node: Any, m: np.ndarray, depth: int = 0) -> None:
-        if depth > 64:
-            raise VrmlError("node tree deeper than 64 levels (a USE cycle?)")
+        if depth > 2 * MAX_DEPTH + 2:  # a node and its children list per level
+            raise VrmlError(f"node tree deeper than {MAX_DEPTH} levels (a USE cycle?)")
         if isinstance(node, list):
             for child in node:
                 self.walk(child, m, depth + 1)
@@ -281,7 +291,7 @@ class _Collector:
             self.walk(node.fields.get("children"), m @ transform_matrix(node), depth + 1)
         elif node.type == "Switch":
             choice = node.fields.get("choice") or []
-            which = int(float((node.fields.get("whichChoice") or ["-1"])[0]))
+            which = int(_floats(node, "whichChoice", [-1])[0])
             if isinstance(choice, _Node):
                 choice = [choice]
             if 0 <= which < len(choice):

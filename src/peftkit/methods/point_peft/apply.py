@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftkit.backbones.point.geometry import PointGeometry
+from peftkit.ops.geometry import PointGeometry
 from peftkit.core.errors import ConfigError, UnsupportedError
 from peftkit.core.params import adapter_parameters
 from peftkit.core.spec import BackboneSpec

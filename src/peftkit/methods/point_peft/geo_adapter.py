@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftkit.backbones.point.layers import DropPath
-from peftkit.backbones.point.ops import farthest_point_sample, gather_points, knn
+from peftkit.ops.points import farthest_point_sample, gather_points, knn
 from peftkit.core.errors import DataError
 from peftkit.methods.point_peft.layers import BottleneckAdapter, LocalAttention
 
