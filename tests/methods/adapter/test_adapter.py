@@ -13,8 +13,8 @@ from torch import nn
 import peftkit as pk
 from peftkit.core.spec import BackboneSpec, StackSpec
 from peftkit.core.state import get_state
+from peftkit.layers.bottleneck import Bottleneck
 from peftkit.methods.adapter.layers import (
-    Bottleneck,
     ParallelAdapter,
     ParallelInputTap,
     ParallelOutput,
@@ -112,7 +112,7 @@ def test_bottleneck_width(kw: dict[str, Any], m: int, tiny: Any) -> None:
 
 def test_near_identity_init() -> None:
     torch.manual_seed(0)
-    ad = Bottleneck(256, 64, 256, init_scale=1e-3)
+    ad = Bottleneck(256, 64, 256, init_std=1e-3)
     assert torch.count_nonzero(ad.up.weight) == 0 and torch.count_nonzero(ad.up.bias) == 0
     assert torch.count_nonzero(ad.down.bias) == 0
     assert abs(ad.down.weight.std().item() - 1e-3) < 1e-4

@@ -24,14 +24,14 @@ from peftkit.core.errors import UnsupportedError
 from peftkit.core.spec import BackboneSpec, StackSpec
 from peftkit.core.state import Applied, get_state
 from peftkit.core.surgery import UndoRecord, get_module
+from peftkit.layers.bottleneck import Bottleneck
 from peftkit.methods.adapter.config import Adapter
 from peftkit.methods.adapter.layers import (
-    Bottleneck,
+    InputSlot,
     ParallelAdapter,
     ParallelInputTap,
     ParallelOutput,
     SerialAdapter,
-    _Slot,
 )
 
 _SERIAL_ROLES = {"houlsby": ("attn_out", "mlp_out"), "pfeiffer": ("mlp_out",)}
@@ -80,7 +80,8 @@ def _like(module: nn.Module) -> dict[str, torch.dtype | torch.device]:
 
 def _bottleneck(config: Adapter, d_in: int, d_out: int, like: nn.Module) -> Bottleneck:
     m = config.bottleneck_for(d_out)
-    return Bottleneck(d_in, m, d_out, config.activation, config.init_scale, **_like(like))
+    return Bottleneck(d_in, m, d_out, activation=config.activation, init="near_identity",
+                      init_std=config.init_scale, **_like(like))
 
 
 def apply_adapter(model: nn.Module, spec: BackboneSpec, config: Adapter) -> Applied:
@@ -130,7 +131,7 @@ def _parallel(root: nn.Module, block: str, stack: StackSpec, spec: BackboneSpec,
         path = f"{block}.{stack.roles['mlp']}"
         ad = _bottleneck(config, d_in, d_out, get_module(root, path))
         return [record.wrap(root, path, lambda o: ParallelAdapter(o, ad, config.scale))]
-    slot = _Slot()
+    slot = InputSlot()
     in_path, out_path = f"{block}.{stack.roles['mlp_in']}", f"{block}.{stack.roles['mlp_out']}"
     ad = _bottleneck(config, d_in, d_out, get_module(root, out_path))
     tap = record.wrap(root, in_path, lambda o: ParallelInputTap(o, slot))

@@ -1,7 +1,8 @@
-"""Bottleneck adapter modules and the wrappers that place them around a backbone's own modules.
+"""The wrappers that place bottleneck adapters around a backbone's own modules.
 
 Houlsby et al. 2019 (arXiv 1902.00751), eq. for one adapter:   h <- h + W_up f(W_down h)
     W_down : ``Bottleneck.down`` (d_in -> m),  f : ``Bottleneck.act``,  W_up : ``Bottleneck.up`` (m -> d_out)
+    (the bottleneck itself is the shared :class:`peftkit.layers.bottleneck.Bottleneck`, near-identity init)
 He et al. 2022 (arXiv 2110.04366), parallel adapter:           h <- FFN(x) + s * W_up f(W_down x)
     x : the FFN's input,  s : ``scale``
 
@@ -18,30 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
-
-
-class Bottleneck(nn.Module):
-    """``up(act(down(h)))``: (..., d_in) -> (..., m) -> (..., d_out).
-
-    The down projection is drawn from N(0, init_scale^2) and the up projection and both biases are zero,
-    so the branch outputs exactly zero at initialisation.
-    """
-
-    def __init__(self, d_in: int, m: int, d_out: int, activation: str = "relu", init_scale: float = 1e-3,
-                 dtype: torch.dtype | None = None, device: torch.device | None = None) -> None:
-        super().__init__()
-        self.down = nn.Linear(d_in, m, dtype=dtype, device=device)
-        self.act = _ACTIVATIONS[activation]()
-        self.up = nn.Linear(m, d_out, dtype=dtype, device=device)
-        with torch.no_grad():
-            nn.init.normal_(self.down.weight, std=init_scale)
-            nn.init.zeros_(self.down.bias)
-            nn.init.zeros_(self.up.weight)
-            nn.init.zeros_(self.up.bias)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.up(self.act(self.down(h)))
+from peftkit.layers.bottleneck import Bottleneck
 
 
 def _names(prefix: str, module: nn.Module) -> list[str]:
@@ -100,7 +78,7 @@ class ParallelAdapter(_Wrapper):
         return f"scale={self.scale}"
 
 
-class _Slot:
+class InputSlot:
     """A plain holder shared by a tap and its output wrapper (not a module: nothing registered twice)."""
 
     def __init__(self) -> None:
@@ -110,7 +88,7 @@ class _Slot:
 class ParallelInputTap(_Wrapper):
     """Wraps the first FFN projection (``mlp_in``) of a split FFN and records its input x for the branch."""
 
-    def __init__(self, base_layer: nn.Module, slot: _Slot) -> None:
+    def __init__(self, base_layer: nn.Module, slot: InputSlot) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.slot = slot
@@ -130,7 +108,8 @@ class ParallelOutput(_Wrapper):
     then flows into the block's own residual + LayerNorm, exactly where the FFN output goes.
     """
 
-    def __init__(self, base_layer: nn.Module, adapter: Bottleneck, slot: _Slot, scale: float = 1.0) -> None:
+    def __init__(self, base_layer: nn.Module, adapter: Bottleneck, slot: InputSlot,
+                 scale: float = 1.0) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.adapter = adapter
