@@ -79,7 +79,7 @@ def load_backbone(name: str, **kwargs: Any) -> Any:
 
 def load_tokenizer(name: str) -> Any:
     """The tokenizer of a registered text backbone, e.g. ``load_tokenizer("minilm")``."""
-    from peftkit.backbones.hf_text import load_tokenizer as _load
+    from peftkit.backbones.hf import load_tokenizer as _load
 
     return _load(name)
 

