@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import peftkit as pk
-from peftkit.core.configs import config_from_dict, config_to_dict
+from peftkit.core.configs import coerce_scalar, config_from_dict, config_to_dict, method_configs
 
 
 def test_round_trip_turns_lists_into_tuples() -> None:
@@ -29,3 +29,48 @@ def test_bad_value_message_is_not_wrapped_twice() -> None:
 def test_wrong_type_is_a_config_error() -> None:
     with pytest.raises(pk.ConfigError, match="LoRA.rank must be a positive int"):
         config_from_dict(pk.LoRA, {"rank": "8"})
+
+
+def test_yaml_float_strings_become_floats() -> None:
+    """YAML 1.1 reads ``1e-7`` as a string: a float field takes it as the number, a non-number is an error."""
+    cfg = config_from_dict(pk.DEFT, {"eps": "1e-7", "weight": 2})
+    assert cfg.eps == 1e-7 and type(cfg.weight) is float and cfg.weight == 2.0
+    assert config_from_dict(pk.Adapter, {"init_scale": "5e-3"}).init_scale == 5e-3
+    with pytest.raises(pk.ConfigError, match=r"Adapter.init_scale must be float, got 'tiny'"):
+        config_from_dict(pk.Adapter, {"init_scale": "tiny"})
+
+
+@pytest.mark.parametrize("value,hint,want", [
+    ("1e-4", float, 1e-4), (3, float, 3.0), (4.0, int, 4), (True, bool, True), (2024, str, "2024"),
+    (None, int | None, None), ("2e-3", float | None, 2e-3), ([1, 2], list[int], [1, 2]),
+])
+def test_coerce_scalar_accepts(value: object, hint: object, want: object) -> None:
+    got = coerce_scalar(value, hint, "train.x")
+    assert got == want and type(got) is type(want)
+
+
+@pytest.mark.parametrize("value,hint,msg", [
+    ("fast", float, "train.x must be float, got 'fast'"), (4.5, int, "train.x must be int, got 4.5"),
+    (True, int, "train.x must be int, got True"), (1, bool, "train.x must be bool, got 1"),
+    (None, float, "train.x must be float, got None"), (False, float, "train.x must be float, got False"),
+])
+def test_coerce_scalar_rejects(value: object, hint: object, msg: str) -> None:
+    with pytest.raises(pk.ConfigError) as e:
+        coerce_scalar(value, hint, "train.x")
+    assert str(e.value) == msg
+
+
+def test_method_configs_in_stack_order() -> None:
+    cfgs = method_configs([{"name": "lora", "rank": 4}, {"name": "deft", "eps": "1e-6"}])
+    assert cfgs == [pk.LoRA(rank=4), pk.DEFT(eps=1e-6)]
+
+
+@pytest.mark.parametrize("methods,msg", [
+    ([{"rank": 4}], r"methods\[0\] has no 'name'"),
+    (["lora"], r"methods\[0\] has no 'name'"),
+    ([{"name": "lora"}, {"name": "loar"}], r"unknown method 'loar'; choose one of: .*lora"),
+    ([{"name": "lora", "rnak": 2}], r"unknown key\(s\) \['rnak'\] in methods\[0\] for LoRA"),
+])
+def test_method_configs_errors(methods: list, msg: str) -> None:
+    with pytest.raises(pk.ConfigError, match=msg):
+        method_configs(methods)

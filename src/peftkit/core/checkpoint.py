@@ -16,10 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftkit.core.configs import config_from_dict, config_to_dict
+from peftkit.core.configs import config_to_dict, method_config
 from peftkit.core.errors import CheckpointError
 from peftkit.core.io import atomic_dir, commit_dir
-from peftkit.core.registry import get_method
 from peftkit.core.state import get_state
 
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -114,10 +113,8 @@ def read_adapter_config(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def method_configs_from_checkpoint(cfg: dict[str, Any]) -> list[Any]:
-    return [
-        config_from_dict(get_method(m["name"]).config_cls, m["config"], where=CONFIG_NAME)
-        for m in cfg["methods"]
-    ]
+    """The method config dataclasses recorded in an adapter config, in stack order."""
+    return [method_config(m["name"], m["config"], where=CONFIG_NAME) for m in cfg["methods"]]
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
