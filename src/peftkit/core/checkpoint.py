@@ -19,6 +19,7 @@ from torch import nn
 from peftkit.core.configs import config_to_dict, method_config
 from peftkit.core.errors import CheckpointError
 from peftkit.core.io import atomic_dir, commit_dir
+from peftkit.core.labels import label_names, set_label_names
 from peftkit.core.state import get_state
 
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -64,6 +65,7 @@ def checkpoint_config(model: nn.Module) -> dict[str, Any]:
         "family": state.spec.family,
         "train_head": state.train_head,
         "methods": [{"name": a.name, "config": config_to_dict(a.config)} for a in state.applied],
+        "id2label": {str(i): n for i, n in enumerate(label_names(state.base) or [])} or None,
     }
 
 
@@ -161,6 +163,9 @@ def load_adapter(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     with torch.no_grad():
         for k, t in expected.items():
             t.copy_(tensors[k].to(dtype=t.dtype, device=t.device))
+    id2label = cfg.get("id2label")
+    if isinstance(id2label, dict) and id2label:   # the class names travel with the adapter
+        set_label_names(get_state(model).base, [id2label[k] for k in sorted(id2label, key=int)])
     return model
 
 

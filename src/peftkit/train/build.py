@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 import peftkit as pk
 from peftkit.core.errors import ConfigError, DataError
+from peftkit.core.labels import set_label_names
 from peftkit.core.registry import get_dataset
 from peftkit.data.base import TaskData
 from peftkit.train.config import RunConfig
@@ -57,6 +58,8 @@ def build_model(cfg: RunConfig, data: TaskData) -> nn.Module:
         if "unexpected keyword argument" in str(e):
             raise ConfigError(f"backbone '{cfg.backbone.name}': {e}") from None
         raise
+    if data.label_names:   # recorded in adapter_config.json (id2label) for `peftkit predict`
+        set_label_names(model, data.label_names)
     return pk.apply(model, cfg.method_configs())
 
 
