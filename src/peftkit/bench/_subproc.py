@@ -35,7 +35,6 @@ from peftkit.bench.memory import (
     StepSpec,
     _read_kib,
     default_loss_for,
-    method_configs,
     model_inputs,
     release,
     reset_hwm,
@@ -43,7 +42,9 @@ from peftkit.bench.memory import (
     saved_activation_bytes,
     synthetic_batch,
 )
+from peftkit.core.configs import method_configs
 from peftkit.core.errors import ConfigError, PeftkitError
+from peftkit.core.io import atomic_write_text
 
 
 class _RssSampler:
@@ -199,9 +200,7 @@ def _child(spec: StepSpec, out: Path) -> int:
         result, code = {"config_error": str(e)}, 2
     except BaseException:  # noqa: BLE001  (reported to the parent, which raises)
         result, code = {"error": traceback.format_exc()}, 1
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, out)
+    atomic_write_text(out, json.dumps(result))
     return code
 
 

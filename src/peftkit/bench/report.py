@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peftkit.core.io import atomic_write, atomic_write_text
+
 Row = Mapping[str, Any]
 MISSING = "–"
 
@@ -141,16 +143,6 @@ def bar_panels(rows: Sequence[Row], label_key: str, panels: Sequence[Panel], tit
 # ---- writing -------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_report(
     out_dir: str | os.PathLike[str],
     name: str,
@@ -179,15 +171,15 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{name}.json", "md": out / f"{name}.md"}
     payload = {"title": title, "notes": list(notes), **(meta or {}), "rows": [dict(r) for r in rows]}
-    _atomic_write(paths["json"], lambda p: p.write_text(json.dumps(payload, indent=2, default=str) + "\n"))
+    atomic_write_text(paths["json"], json.dumps(payload, indent=2, default=str) + "\n")
     md = [f"# {title}", "", *[f"- {n}" for n in notes], "", markdown_table(rows, columns), ""]
     if figure is not None:
         paths["png"] = out / f"{name}.png"
         md += [f"![{name}]({name}.png)", ""]
-    _atomic_write(paths["md"], lambda p: p.write_text("\n".join(md)))
+    atomic_write_text(paths["md"], "\n".join(md))
     if figure is not None:
         import matplotlib.pyplot as plt
 
-        _atomic_write(paths["png"], lambda p: figure.savefig(p, dpi=110, format="png"))
+        atomic_write(paths["png"], lambda p: figure.savefig(p, dpi=110, format="png"))
         plt.close(figure)
     return paths
