@@ -5,6 +5,7 @@ from __future__ import annotations
 import typing
 from typing import Any, TypeVar
 
+from peftkit.core.configs import coerce_scalar
 from peftkit.core.errors import ConfigError
 
 T = TypeVar("T")
@@ -17,7 +18,6 @@ def parse_overrides(cls: type[T], overrides: list[str], bench: str) -> T:
         ConfigError: an item without ``=``, an unknown key (the message lists the valid ones), or a
             value of the wrong type.
     """
-    from peftkit.train.config import _coerce
     from peftkit.train.overrides import parse_value
 
     cfg, hints = cls(), typing.get_type_hints(cls)
@@ -28,5 +28,5 @@ def parse_overrides(cls: type[T], overrides: list[str], bench: str) -> T:
         value: Any = parse_value(text)
         if hints[key] is bool and value in (0, 1):  # reuse=1 / reuse=0
             value = bool(value)
-        setattr(cfg, key, _coerce(value, hints[key], key))
+        setattr(cfg, key, coerce_scalar(value, hints[key], key))
     return cfg
