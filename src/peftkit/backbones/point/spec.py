@@ -35,6 +35,4 @@ POINT_MAE_SPEC = BackboneSpec(
 
 def finish_point_model(model: nn.Module, backbone_id: str) -> nn.Module:
     """Attach the spec and the backbone id (what adapter checkpoints are tied to)."""
-    attach_spec(model, POINT_MAE_SPEC)
-    object.__setattr__(model, "peftkit_backbone_id", backbone_id)
-    return model
+    return attach_spec(model, POINT_MAE_SPEC, backbone_id)
