@@ -19,6 +19,7 @@ from peftkit.core import discovery as _discovery
 from peftkit.core.apply import apply, aux_loss, remove
 from peftkit.core.checkpoint import load_adapter, save_adapter
 from peftkit.core.errors import CheckpointError, ConfigError, DataError, PeftkitError, UnsupportedError
+from peftkit.core.merge import merge
 from peftkit.core.params import freeze_all_but_adapters, param_report
 from peftkit.core.registry import get_backbone, list_backbones, list_datasets, list_methods
 from peftkit.core.spec import BackboneSpec, StackSpec, attach_spec, get_spec
@@ -86,6 +87,7 @@ def load_tokenizer(name: str) -> Any:
 
 __all__ = [
     "apply", "remove", "aux_loss", "param_report", "freeze_all_but_adapters", "save_adapter", "load_adapter",
+    "merge",
     "load_backbone", "load_tokenizer", "list_methods", "list_backbones", "list_datasets", "BackboneSpec",
     "StackSpec", "attach_spec", "get_spec", "PeftkitError", "ConfigError", "DataError", "CheckpointError",
     "UnsupportedError",

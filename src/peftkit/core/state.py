@@ -40,6 +40,9 @@ class Applied:
         trains_before_mlp_act: the method trains something upstream of an MLP activation (False for
             head-only): a density loss on that activation has nothing to move otherwise.
         trains_base: the method trains the pretrained weights themselves (full fine-tuning).
+        merge: folds the method's trained parameters into the base weights exactly and removes the method's
+            modules (LoRA / DoRA / IA3 through peft's merge; a no-op for full fine-tuning and head-only);
+            None when no exact merge exists. ``pk.merge`` calls it.
     """
 
     name: str
@@ -53,6 +56,7 @@ class Applied:
     wraps_blocks: bool = False
     trains_before_mlp_act: bool = True
     trains_base: bool = False
+    merge: Callable[[], None] | None = None
 
 
 @dataclass

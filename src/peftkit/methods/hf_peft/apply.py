@@ -22,6 +22,7 @@ from peftkit.methods.hf_peft.targets import (
     check_single_peft,
     inject,
     layer_types,
+    merge_layers,
     resolve_targets,
     tuner_params,
 )
@@ -36,8 +37,12 @@ def lora_config(config: _LowRank, paths: list[str], use_dora: bool) -> object:
 
 
 def inject_low_rank(model: nn.Module, spec: BackboneSpec, config: _LowRank, name: str, use_dora: bool,
-                    record: UndoRecord | None = None) -> Applied:
-    """Shared by LoRA, DoRA and QLoRA: resolve the roles, inject, and describe what was done."""
+                    record: UndoRecord | None = None, mergeable: bool = True) -> Applied:
+    """Shared by LoRA, DoRA and QLoRA: resolve the roles, inject, and describe what was done.
+
+    ``mergeable``: whether the update folds exactly into the base weight (QLoRA's 4-bit base would have to be
+    re-quantised, so it says False).
+    """
     check_single_peft(model, name)
     root = base_model(model)
     record = record or UndoRecord()
@@ -48,7 +53,8 @@ def inject_low_rank(model: nn.Module, spec: BackboneSpec, config: _LowRank, name
         record.undo()
         raise
     params = tuner_params(layers)
-    return Applied(name, config, params=lambda: list(params), undo=record.undo)
+    merge = (lambda: merge_layers(root, paths)) if mergeable else None
+    return Applied(name, config, params=lambda: list(params), undo=record.undo, merge=merge)
 
 
 def apply_lora(model: nn.Module, spec: BackboneSpec, config: LoRA) -> Applied:
@@ -77,4 +83,5 @@ def apply_ia3(model: nn.Module, spec: BackboneSpec, config: IA3) -> Applied:
         record.undo()
         raise
     params = tuner_params(layers)
-    return Applied("ia3", config, params=lambda: list(params), undo=record.undo)
+    return Applied("ia3", config, params=lambda: list(params), undo=record.undo,
+                   merge=lambda: merge_layers(root, paths))

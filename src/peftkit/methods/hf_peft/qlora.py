@@ -115,4 +115,4 @@ def apply_qlora(model: nn.Module, spec: BackboneSpec, config: QLoRA) -> Applied:
     except BaseException:
         record.undo()
         raise
-    return inject_low_rank(model, spec, config, "qlora", use_dora=False, record=record)
+    return inject_low_rank(model, spec, config, "qlora", use_dora=False, record=record, mergeable=False)

@@ -135,3 +135,14 @@ def tuner_params(layers: Sequence[nn.Module], adapter_name: str = ADAPTER_NAME) 
                     seen.add(id(p))
                     out.append(p)
     return out
+
+
+def merge_layers(root: nn.Module, paths: Sequence[str]) -> None:
+    """Fold peft's adapter into each base layer at ``paths`` (peft's ``merge(safe_merge=True)``) and put the
+    base layer back in its place; peft's config record on ``root`` goes too."""
+    for path in paths:
+        layer = get_module(root, path)
+        layer.merge(safe_merge=True, adapter_names=[ADAPTER_NAME])
+        set_module(root, path, layer.get_base_layer())
+    root.__dict__.pop("peft_config", None)
+

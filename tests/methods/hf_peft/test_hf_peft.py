@@ -199,7 +199,8 @@ def test_export_peft_reads_back_in_peft(make: Any, peft_type: str, tiny: Any, tm
                 p.add_(torch.randn_like(p) * 0.1)    # adapter and head both differ from any fresh model
     ours = tiny.output(model, "tiny_bert")
     out = pk.export_peft(model, tmp_path / "hf")
-    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
+                                                     "peftkit_stack.json"]
     cfg = json.loads((out / "adapter_config.json").read_text())
     spec = pk.get_spec(model)
     assert cfg["peft_type"] == peft_type and cfg["task_type"] == "SEQ_CLS"
