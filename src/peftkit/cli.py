@@ -1,20 +1,23 @@
 """The ``peftkit`` command line.
 
     peftkit list                                   methods, backbones, datasets, benchmarks
-    peftkit train CONFIG [k=v ...] [--resume RUN]  one run (torchrun-aware)
+    peftkit train CONFIG [k=v ...] [--resume RUN] [--overwrite]  one run (torchrun-aware)
     peftkit eval RUN_DIR [--split test|val]        evaluate a saved run
     peftkit bench NAME [k=v ...]                   a benchmark (peftkit.bench.BENCHES)
     peftkit pretrain CONFIG [k=v ...]              Point-MAE pretraining
     peftkit point-bank CONFIG [k=v ...]            Point-PEFT memory bank
     peftkit data kicad [k=v ...]                   extract the KiCad 3D dataset
 
-Errors a user can cause (PeftkitError, a missing file, bad YAML) print one line ``peftkit: error: ...`` on
-stderr and exit 2; Ctrl-C exits 130.
+Options and ``key=value`` overrides may come in any order (``peftkit train CFG --no-progress out_dir=x``).
+Errors a user can cause (PeftkitError, a missing or unwritable file, a full disk, bad YAML) print one line
+``peftkit: error: ...`` on stderr and exit 2; Ctrl-C exits 130. This module is the top of the package: it
+dispatches to ``peftkit.train``, ``peftkit.recipes`` and ``peftkit.bench``, and nothing imports it.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import os
@@ -28,7 +31,12 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
+HEADLINE = ("trainable_params", "trainable_pct", "steps", "train_time_s", "step_time_s")
+
+
 class _Parser(argparse.ArgumentParser):
+    commands: dict[str, argparse.ArgumentParser]
+
     def error(self, message: str) -> NoReturn:  # one line, like every other user error
         raise ConfigError(f"{message} (see: {self.prog} --help)")
 
@@ -71,38 +79,39 @@ def cmd_train(args: argparse.Namespace) -> int:
     from peftkit.train.loop import run
 
     cfg = load_config(args.config, args.overrides)
-    summary = run(cfg, resume=args.resume, progress=not args.no_progress)
+    summary = run(cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         _print_summary(summary, cfg.out_dir if args.resume is None else args.resume)
     return 0
 
 
 def _print_summary(summary: dict[str, Any], out_dir: str) -> None:
-    keys = [k for k in summary if k.startswith(("eval/", "density/"))]
-    keys += ["trainable_params", "trainable_pct", "step_time_s"]
-    parts = [
-        f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else f"{k}={summary[k]}"
-        for k in keys
-        if k in summary
-    ]
+    """The headline metrics on one line (eval/*, sizes, time) and where the full summary is."""
+    keys = [k for k in summary if k.startswith("eval/")] + [k for k in HEADLINE if k in summary]
+    parts = [f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else f"{k}={summary[k]}" for k in keys]
     print(f"peftkit: {out_dir}: " + " ".join(parts))
+    print(f"peftkit: all {len(summary)} metrics in {os.path.join(out_dir, 'metrics.json')}")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import peftkit as pk
+    from peftkit.core.io import atomic_write_json
     from peftkit.train.build import build_data, eval_loader, seed_everything
     from peftkit.train.config import load_config
     from peftkit.train.distributed import pick_device
     from peftkit.train.evaluate import evaluate
-    from peftkit.train.runlog import write_atomic
+    from peftkit.train.rundir import RunLock, check_writable
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(
             f"{run_dir} is not a run directory (no config.yaml); give the out_dir of a peftkit train run"
         )
+    if not (run_dir / "adapter").is_dir():
+        raise ConfigError(f"{run_dir} has no adapter/: the run did not finish; resume it with --resume first")
+    check_writable(run_dir, "run directory")  # eval_<split>.json goes there: fail before the evaluation
     cfg = load_config(run_dir / "config.yaml", args.overrides)
     seed_everything(cfg.seed)
     data = build_data(cfg)
@@ -125,7 +134,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         desc=f"eval {args.split}",
     )
     out = {f"{args.split}/{k}": v for k, v in res.items()}
-    write_atomic(run_dir / f"eval_{args.split}.json", json.dumps(out, indent=1))
+    with RunLock(run_dir):  # not while a training run writes there
+        atomic_write_json(run_dir / f"eval_{args.split}.json", out, indent=1)
     print(json.dumps(out))
     return 0
 
@@ -139,7 +149,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    fn = _lazy("peftkit.backbones.point.pretrain", "main", "pretrain")
+    fn = _lazy("peftkit.recipes.pretrain_point_mae", "main", "pretrain")
     return int(fn(args.config, list(args.overrides)) or 0)
 
 
@@ -149,7 +159,7 @@ def cmd_point_bank(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    datasets = {"kicad": "peftkit.data.points.kicad"}
+    datasets = {"kicad": "peftkit.recipes.kicad_fetch"}
     if args.name not in datasets:
         raise ConfigError(f"unknown data preparation '{args.name}'; choose one of: {', '.join(datasets)}")
     return int(_lazy(datasets[args.name], "main", f"data {args.name}")(list(args.overrides)) or 0)
@@ -166,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint"
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty out_dir that is not a peftkit run (only the run's files are replaced)",
+    )
     t.set_defaults(fn=cmd_train)
     e = sub.add_parser("eval", help="evaluate a saved run")
     e.add_argument("run_dir")
@@ -189,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("name")
     d.add_argument("overrides", nargs="*")
     d.set_defaults(fn=cmd_data)
+    p.commands = dict(sub.choices)
     return p
 
 
@@ -197,18 +213,41 @@ def _user_error(msg: str) -> int:
     return EXIT_USER_ERROR
 
 
+def _os_error(e: OSError) -> str:
+    """One line for a file-system error: what failed, where, and what to do."""
+    where = f": {e.filename}" if e.filename else ""
+    if e.errno == errno.ENOSPC:
+        return (
+            f"no space left on the device{where}; free some space and rerun (a training run continues with "
+            "--resume RUN_DIR from its last complete checkpoint)"
+        )
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        what = "read-only file system" if e.errno == errno.EROFS else "permission denied"
+        return f"{what}{where}; choose a writable out_dir"
+    return f"{(e.strerror or type(e).__name__).lower()}{where}" if e.strerror else str(e)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``peftkit`` command; returns the exit code."""
+    from peftkit.core.quiet import quiet_backend_logs
+
+    quiet_backend_logs()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        if not argv or argv[0] not in parser.commands:
+            parser.parse_args(argv)  # --help, or the error naming the valid commands
+        # each command parses its own options intermixed with the key=value overrides
+        args = parser.commands[argv[0]].parse_intermixed_args(argv[1:])
+        args.command = argv[0]
         return int(args.fn(args))
     except KeyboardInterrupt:
         print("peftkit: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except PeftkitError as e:
         return _user_error(str(e))
-    except FileNotFoundError as e:
-        return _user_error(f"{e.strerror or 'not found'}: {e.filename}" if e.filename else str(e))
+    except OSError as e:
+        return _user_error(_os_error(e))
     except Exception as e:
         import yaml
 

@@ -7,6 +7,7 @@ holds examples ``perm[k*B + r :: N]`` of the epoch's permutation, B the global b
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 from collections.abc import Iterator
@@ -18,12 +19,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 import peftkit as pk
-from peftkit.core.errors import ConfigError, DataError
+from peftkit.core.errors import ConfigError, DataError, PeftkitError
 from peftkit.core.labels import set_label_names
 from peftkit.core.registry import get_dataset
 from peftkit.data.base import TaskData
 from peftkit.train.config import RunConfig
 from peftkit.train.distributed import DistEnv
+from peftkit.train.evaluate import logits_of, split_batch, task_loss
 
 
 def seed_everything(seed: int) -> None:
@@ -116,6 +118,55 @@ def _seed_worker(worker_id: int) -> None:
     s = torch.initial_seed() % 2**32
     random.seed(s)
     np.random.seed(s)
+
+
+VOCAB_SCAN_EXAMPLES = 2000  # train examples whose token ids are checked against the embedding table up front
+
+
+@contextlib.contextmanager
+def _rng_untouched() -> Iterator[None]:
+    """Run a block without moving any global random stream (python, numpy, torch CPU / CUDA)."""
+    py, npy = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
+
+
+def preflight(model: nn.Module, data: TaskData, device: torch.device, cfg: RunConfig) -> None:
+    """Check, before a run writes anything, that the model takes the data: token ids fit the embedding
+    table, and one forward + task loss on two train examples works (eval mode, no grad, no RNG drawn).
+
+    Raises:
+        ConfigError: the data does not fit the backbone / method stack (one line naming both).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with _rng_untouched(), torch.no_grad():  # datasets may augment with the global RNG
+            first = data.train[0]
+            if isinstance(first, dict) and isinstance(first.get("input_ids"), list):
+                scan = range(min(len(data.train), VOCAB_SCAN_EXAMPLES))
+                top = max(max(data.train[i]["input_ids"], default=0) for i in scan)
+                check_vocab(model, {"input_ids": torch.tensor([top])})
+            examples = [data.train[i] for i in range(min(2, len(data.train)))]
+            inputs, labels = split_batch(data.collate(examples), device)
+            check_vocab(model, inputs)
+            task_loss(logits_of(model(**inputs)), labels, data.num_labels)
+    except PeftkitError:
+        raise
+    except Exception as e:  # the data's batch does not fit this model
+        names = "+".join(str(m["name"]) for m in cfg.methods)
+        line = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(
+            f"backbone '{cfg.backbone.name}' with methods [{names}] cannot take a batch of data "
+            f"'{cfg.data.name}' ({type(e).__name__}: {line}); check that the data is meant for this backbone"
+        ) from None
+    finally:
+        model.train(was_training)
 
 
 def check_vocab(model: nn.Module, inputs: dict[str, torch.Tensor]) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -99,8 +100,14 @@ class RunConfig:
 
         out = []
         for i, m in enumerate(self.methods):
-            fields = {k: v for k, v in m.items() if k != "name"}
-            out.append(config_from_dict(get_method(m["name"]).config_cls, fields, where=f"methods[{i}]"))
+            cls = get_method(str(m["name"])).config_cls
+            hints = typing.get_type_hints(cls)
+            fields = {
+                k: _coerce(v, hints[k], f"methods.{i}.{k} ({m['name']})") if k in hints else v
+                for k, v in m.items()
+                if k != "name"
+            }
+            out.append(config_from_dict(cls, fields, where=f"methods[{i}]"))
         return out
 
 
@@ -117,27 +124,39 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
+        raise ConfigError(f"{where} must be bool (true or false), got {value!r}")
     elif hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
+        raise ConfigError(f"{where} must be int (a whole number), got {value!r}")
     elif hint is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None and math.isfinite(number):
+            return number
+        if number is not None:
+            raise ConfigError(f"{where} must be float (a finite number), got {value!r}")
+        raise ConfigError(f"{where} must be float (a number), got {value!r}")
+    elif typing.get_origin(hint) in (tuple, list) and set(typing.get_args(hint)) <= {str, Ellipsis}:
+        items = [value] if isinstance(value, str) else value
+        if isinstance(items, (list, tuple)) and all(isinstance(v, str) for v in items):
+            return tuple(items) if typing.get_origin(hint) is tuple else list(items)
+        raise ConfigError(f"{where} must be a list of names, got {value!r}")
     elif hint is str:
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)  # out_dir=2024
-    else:
-        return value
-    raise ConfigError(f"{where} must be {getattr(hint, '__name__', hint)}, got {value!r}")
+        raise ConfigError(f"{where} must be str (text), got {value!r}")
+    return value
 
 
 def _train_from_dict(values: dict[str, Any]) -> TrainConfig:
@@ -161,6 +180,14 @@ def _train_from_dict(values: dict[str, Any]) -> TrainConfig:
         raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
     if cfg.lr <= 0:
         raise ConfigError(f"train.lr must be > 0, got {cfg.lr}")
+    if cfg.weight_decay < 0:
+        raise ConfigError(f"train.weight_decay must be >= 0, got {cfg.weight_decay}")
+    if cfg.grad_clip is not None and cfg.grad_clip <= 0:
+        raise ConfigError(f"train.grad_clip must be > 0 or null (no clipping), got {cfg.grad_clip}")
+    if cfg.num_workers < 0:
+        raise ConfigError(f"train.num_workers must be >= 0, got {cfg.num_workers}")
+    if cfg.device != "auto" and cfg.device != "cpu" and not cfg.device.startswith("cuda"):
+        raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got '{cfg.device}'")
     return cfg
 
 

@@ -1,49 +1,16 @@
 """A run's files: ``config.yaml``, ``metrics.jsonl`` (one record per log step / evaluation), ``metrics.json``
 (the summary) and optional TensorBoard events under ``tb/``. Only rank 0 writes; whole files are written to
-a temporary name and renamed."""
+a temporary name and renamed. The directory itself is managed by ``peftkit.train.rundir``."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from peftkit.core.errors import UnsupportedError
-
-RUN_FILES = ("config.yaml", "metrics.json", "metrics.jsonl", "adapter", "checkpoints", "tb")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def clean_run_dir(out: Path) -> list[str]:
-    """Remove the files of an earlier run in ``out`` (only peftkit's own names); returns what was removed."""
-    removed = []
-    for name in RUN_FILES:
-        p = out / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
-        else:
-            continue
-        removed.append(name)
-    return removed
-
-
-def start_run_dir(out: Path, config_text: str) -> None:
-    """Create ``out`` (replacing an earlier run's files there) and write the resolved ``config.yaml``."""
-    out.mkdir(parents=True, exist_ok=True)
-    removed = clean_run_dir(out)
-    if removed:
-        print(f"peftkit: replacing the earlier run in {out} ({', '.join(removed)})")
-    write_atomic(out / "config.yaml", config_text)
+from peftkit.core.io import atomic_write_text
 
 
 def val_summary(last: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]:
@@ -53,6 +20,15 @@ def val_summary(last: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]:
     if "step" in best:
         out["val/best_step"] = best["step"]
     return out
+
+
+def _step_of(line: str) -> float:
+    """The step of a ``metrics.jsonl`` record; a torn or foreign line (killed mid-write) is dropped."""
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return math.inf
+    return rec.get("step", 0) if isinstance(rec, dict) and isinstance(rec.get("step", 0), int) else math.inf
 
 
 def _jsonable(v: Any) -> Any:
@@ -81,12 +57,8 @@ class RunLog:
         path = self.out / "metrics.jsonl"
         if not self.enabled or not path.is_file():
             return
-        keep = [
-            ln
-            for ln in path.read_text().splitlines()
-            if ln.strip() and json.loads(ln).get("step", 0) <= last_step
-        ]
-        write_atomic(path, "".join(f"{ln}\n" for ln in keep))
+        keep = [ln for ln in path.read_text(errors="replace").splitlines() if _step_of(ln) <= last_step]
+        atomic_write_text(path, "".join(f"{ln}\n" for ln in keep))
 
     def record(self, rec: dict[str, Any]) -> None:
         if not self.enabled:
@@ -100,9 +72,8 @@ class RunLog:
 
     def summary(self, metrics: dict[str, Any]) -> None:
         if self.enabled:
-            write_atomic(
-                self.out / "metrics.json", json.dumps({k: _jsonable(v) for k, v in metrics.items()}, indent=1)
-            )
+            text = json.dumps({k: _jsonable(v) for k, v in metrics.items()}, indent=1)
+            atomic_write_text(self.out / "metrics.json", text)
 
     def close(self) -> None:
         if self.tb is not None:
