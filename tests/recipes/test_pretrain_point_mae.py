@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,10 +13,12 @@ import torch
 
 import peftkit as pk
 from peftkit.backbones.point.mae import PointMAE
+from peftkit.core.errors import CheckpointError, ConfigError
 from peftkit.ops.points import chamfer_l2
-from peftkit.backbones.point.pretrain import load_config, lr_at, main, pretrain
-from peftkit.core.errors import ConfigError
+from peftkit.recipes.pretrain_point_mae import PretrainConfig, load_config, lr_at, main, pretrain
 
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 ARGS = [
     "sources=[synthetic]",
     "backbone=tiny_point",
@@ -53,9 +58,11 @@ def test_loss_is_chamfer_of_masked_patches() -> None:
 
 
 def test_lr_schedule() -> None:
-    assert lr_at(0, 100, 10, 1e-3, 0.0) == pytest.approx(1e-4)
-    assert lr_at(9, 100, 10, 1e-3, 0.0) == pytest.approx(1e-3)
+    """Warm-up + cosine from train.optim, floored at min_lr."""
+    assert lr_at(0, 100, 9, 1e-3, 0.0) == pytest.approx(1e-4)
+    assert lr_at(9, 100, 9, 1e-3, 0.0) == pytest.approx(1e-3)
     assert lr_at(100, 100, 10, 1e-3, 1e-6) == pytest.approx(1e-6)
+    assert lr_at(55, 100, 10, 1e-3, 0.0) == pytest.approx(0.5e-3)
 
 
 def test_short_run_learns_resumes_and_exports(tmp_path: Path) -> None:
@@ -79,8 +86,80 @@ def test_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown key"):
         load_config(None, ["epochz=3"])
     with pytest.raises(ConfigError, match="source"):
-        pretrain(load_config(None, ["sources=[nope]", f"out_dir={tmp_path}"]), progress=False)
+        load_config(None, ["sources=[nope]", f"out_dir={tmp_path}"])
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("- not a mapping\n")
     with pytest.raises(ConfigError, match="mapping"):
         main(str(cfg_file), [])
+
+
+@pytest.mark.parametrize(
+    "bad, msg",
+    [
+        ("epochs=abc", "epochs must be"),
+        ("batch_size=0", "batch_size must be >= 1"),
+        ("lr=nan", "lr must be"),
+        ("lr=abc", "lr must be"),
+        ("mask_ratio=1.5", "mask_ratio must be in"),
+        ("num_points=4096", "num_points"),
+        ("out_dir=", "out_dir"),
+    ],
+)
+def test_bad_values_are_one_line_exit_2(tmp_path: Path, bad: str, msg: str) -> None:
+    """``peftkit pretrain epochs=abc`` and friends: one line on stderr, exit 2, nothing written."""
+    out = tmp_path / "run"
+    res = subprocess.run(
+        [sys.executable, "-m", "peftkit.cli", "pretrain", "configs/point/pretrain_small.yaml", bad,
+         f"out_dir={out}"] if not bad.startswith("out_dir") else
+        [sys.executable, "-m", "peftkit.cli", "pretrain", "configs/point/pretrain_small.yaml", bad],
+        capture_output=True, text=True, cwd=ROOT, env=ENV,
+    )
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and msg in lines[0], res.stderr
+    assert not out.exists()
+
+
+def _short_run(out: Path) -> PretrainConfig:
+    cfg = load_config(None, ARGS + [f"out_dir={out}", "epochs=2", "max_steps=2"])
+    pretrain(cfg, progress=False)
+    return cfg
+
+
+def test_resume_refuses_a_checkpoint_that_needs_code(tmp_path: Path) -> None:
+    """A planted checkpoint.pt whose unpickling would run code is refused with one line; nothing runs."""
+    out = tmp_path / "run"
+    out.mkdir()
+    marker = tmp_path / "pwned"
+    with (out / "checkpoint.pt").open("wb") as fh:
+        torch.save({"x": _Evil(str(marker))}, fh)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(CheckpointError, match="refused"):
+        pretrain(load_config(None, ARGS + [f"out_dir={out}", "epochs=2"]), progress=False)
+    assert not marker.exists()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_resume_from_a_truncated_checkpoint_is_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    _short_run(out)
+    ckpt = out / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:2000])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        pretrain(load_config(None, ARGS + [f"out_dir={out}", "epochs=2"]), progress=False)
+    res = subprocess.run(
+        [sys.executable, "-m", "peftkit.cli", "pretrain", "configs/point/pretrain_small.yaml", *ARGS,
+         f"out_dir={out}", "epochs=2", "export=null"],
+        capture_output=True, text=True, cwd=ROOT, env=ENV,
+    )
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+class _Evil:
+    """Unpickling this calls ``open(marker, 'w')``: what weights_only=True must refuse."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return (open, (self.marker, "w"))

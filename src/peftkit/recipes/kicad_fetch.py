@@ -26,7 +26,9 @@ def parse_options(overrides: list[str] | None) -> tuple[int, Path, bool]:
     for item in overrides or []:
         key, sep, val = item.partition("=")
         if not sep or key not in opts:
-            raise ConfigError(f"unknown option '{item}' for 'peftkit data kicad'; options: {', '.join(OPTIONS)}")
+            raise ConfigError(
+                f"unknown option '{item}' for 'peftkit data kicad'; options: {', '.join(OPTIONS)}"
+            )
         opts[key] = val
     try:
         points = int(opts["points"])

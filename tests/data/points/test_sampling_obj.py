@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from peftkit.ops.points import farthest_point_sample
 from peftkit.core.errors import DataError
 from peftkit.data.points.sampling import (
     fps_order,
@@ -22,6 +21,7 @@ from peftkit.data.points.sampling import (
 from peftkit.data.points.synthetic import SHAPES, make_shapes
 from peftkit.data.points.urdf_objs import parse_obj
 from peftkit.data.points.vrml import Mesh
+from peftkit.ops.points import farthest_point_sample
 
 # two triangles: a unit right triangle (area 0.5) at z=0 and one of area 4.5 at z=1
 MESH = Mesh(

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import peftkit as pk
-from peftkit.ops.points import farthest_point_sample
 from peftkit.core.errors import ConfigError, DataError
 from peftkit.core.registry import get_dataset
 from peftkit.data.points import kicad as K
 from peftkit.data.points import transforms as T
 from peftkit.data.points.sampling import save_cloud
+from peftkit.ops.points import farthest_point_sample
 
 
 def test_scale_and_translate_is_affine_per_axis() -> None:
@@ -136,11 +136,6 @@ def test_make_split_rules() -> None:
     assert s == K.make_split(names, classes=("A",), cap=100, test_fraction=0.25)
     with pytest.raises(DataError, match="no models"):
         K.make_split(names, classes=("B",))
-
-
-def test_kicad_cli_rejects_unknown_options() -> None:
-    with pytest.raises(ConfigError, match="unknown option"):
-        K.main(["pointz=3"])
 
 
 def test_split_file_is_names_only() -> None:

@@ -3,7 +3,7 @@ official checkpoint import. Importing this package registers ``point_mae``, ``po
 ``tiny_point``."""
 
 from peftkit.backbones.point import zoo  # noqa: F401  (registers the backbones)
-from peftkit.ops.geometry import PointGeometry
 from peftkit.backbones.point.model import Block, PointTransformer
+from peftkit.ops.geometry import PointGeometry
 
 __all__ = ["Block", "PointGeometry", "PointTransformer"]

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from peftkit.core.errors import CheckpointError
+from peftkit.core.io import atomic_write
 
 FORMAT = "peftkit-point-encoder/1"
 CLASSIFIER_ONLY = ("cls_token", "cls_pos", "cls_head.")
@@ -158,7 +159,9 @@ def save_encoder(
     out = {
         k: (v.half() if fp16 and v.is_floating_point() else v).contiguous().clone() for k, v in state.items()
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(out, str(tmp), metadata={"format": FORMAT, "meta": json.dumps(meta)})
-    tmp.chmod(0o644)  # safetensors writes 0600; the shipped file is meant to be read by anyone
-    tmp.replace(path)
+
+    def write(tmp: Path) -> None:
+        save_file(out, str(tmp), metadata={"format": FORMAT, "meta": json.dumps(meta)})
+        tmp.chmod(0o644)  # safetensors writes 0600; the shipped file is meant to be read by anyone
+
+    atomic_write(path, write)

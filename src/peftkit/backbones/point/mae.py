@@ -25,8 +25,8 @@ from torch import nn
 
 from peftkit.backbones.point.convert import CLASSIFIER_ONLY
 from peftkit.backbones.point.model import Block, PointTransformer, init_weights
-from peftkit.ops.points import chamfer_l2
 from peftkit.core.errors import ConfigError
+from peftkit.ops.points import chamfer_l2
 
 MASK_RATIO = 0.6  # paper, cfgs/pretrain.yaml transformer_config.mask_ratio
 DECODER_DEPTH = 4  # paper, decoder_depth

@@ -23,7 +23,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from peftkit.ops.geometry import PointGeometry
 from peftkit.backbones.point.layers import (
     Attention,
     DropPath,
@@ -33,6 +32,7 @@ from peftkit.backbones.point.layers import (
     cls_head,
     pos_mlp,
 )
+from peftkit.ops.geometry import PointGeometry
 from peftkit.ops.points import check_points
 
 

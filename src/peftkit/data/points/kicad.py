@@ -2,13 +2,14 @@
 
 ``peftkit data kicad`` downloads the .deb with ``apt-get download`` into the cache (no root, no install),
 extracts only the ``.wrl`` files of the benchmark libraries (``dpkg-deb --fsys-tarfile`` streamed into
-Python's ``tarfile``; no shell), reads each VRML model, samples ``points`` points area-weighted, normalises to the unit
-sphere, stores them in farthest-point order as ``.npz`` with per-point material ids (part labels), and
-logs every file it skips (one bad file never stops the run). The class = the library; train and test are
-split by *footprint family*: the model name with every number replaced by ``#`` (``DIP-8_W7.62mm`` and
-``DIP-14_W7.62mm`` are one family, ``DIP-8_W7.62mm_Socket`` another), so parametric near-duplicates never
-straddle the split. The split ships in ``kicad_split.json`` (names only; the meshes are CC-BY-SA-4.0 with
-the KiCad exception, which does not cover redistribution as a collection, so they are never committed).
+Python's ``tarfile``; no shell), reads each VRML model, samples ``points`` points area-weighted,
+normalises to the unit sphere, stores them in farthest-point order as ``.npz`` with per-point material
+ids (part labels), and logs every file it skips (one bad file never stops the run). The class = the
+library; train and test are split by *footprint family*: the model name with every number replaced by
+``#`` (``DIP-8_W7.62mm`` and ``DIP-14_W7.62mm`` are one family, ``DIP-8_W7.62mm_Socket`` another), so
+parametric near-duplicates never straddle the split. The split ships in ``kicad_split.json`` (names only;
+the meshes are CC-BY-SA-4.0 with the KiCad exception, which does not cover redistribution as a
+collection, so they are never committed).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import subprocess
 import tarfile
 import zlib
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -119,8 +121,8 @@ def fetch_deb(cache: Path) -> Path:
     return found[-1]
 
 
-def _deb_tar_members(deb: Path):
-    """Stream the .deb's data archive (``dpkg-deb --fsys-tarfile``, an argument list, no shell) as tar members.
+def _deb_tar_members(deb: Path) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
+    """Stream the .deb's data archive (``dpkg-deb --fsys-tarfile``; an argument list, no shell).
 
     Yields ``(tarfile, member)`` pairs in archive order; raises DataError when dpkg-deb fails.
     """

@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from peftkit.ops.points import farthest_point_sample
 from peftkit.core.errors import DataError
+from peftkit.core.io import atomic_write
 from peftkit.data.points.vrml import Mesh
+from peftkit.ops.points import farthest_point_sample
 
 
 def triangle_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -95,14 +96,17 @@ def cache_root() -> Path:
 def save_cloud(path: Path, points: np.ndarray, material: np.ndarray, materials: list[str]) -> None:
     """Write one cloud as ``.npz`` (points, per-point material index, material names), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
-    np.savez(
-        tmp,
-        points=points.astype(np.float32),
-        material=material.astype(np.int16),
-        materials=np.array(materials, dtype=str),
-    )
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as fh:  # a file object: np.savez would otherwise append ".npz" to the name
+            np.savez(
+                fh,
+                points=points.astype(np.float32),
+                material=material.astype(np.int16),
+                materials=np.array(materials, dtype=str),
+            )
+
+    atomic_write(path, write)
 
 
 def load_cloud(path: Path) -> np.ndarray:

@@ -21,8 +21,8 @@ import math
 import torch
 from torch import nn
 
-from peftkit.ops.points import farthest_point_sample, gather_points
 from peftkit.core.errors import DataError
+from peftkit.ops.points import farthest_point_sample, gather_points
 
 SCALE_LOW, SCALE_HIGH, TRANSLATE = 2.0 / 3.0, 3.0 / 2.0, 0.2  # Point-MAE PointcloudScaleAndTranslate
 FPS_RATIO = 1.2  # Point-MAE fine-tuning: FPS 1200 -> 1024
