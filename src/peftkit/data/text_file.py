@@ -33,8 +33,13 @@ Row = tuple[int, dict[str, Any]]  # (line number, fields)
 
 
 def _rows_delimited(path: Path, delimiter: str) -> tuple[list[str], list[Row]]:
+    """CSV: RFC 4180 quoting, strictly (an unclosed quote is an error, never rows merged into one).
+    TSV: no quoting at all; every line is one row and quote characters are text."""
     with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh, delimiter=delimiter)
+        if delimiter == "\t":
+            reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE, strict=True)
+        else:
+            reader = csv.reader(fh, delimiter=delimiter, strict=True)
         try:
             header = next(reader)
         except StopIteration:
@@ -53,7 +58,8 @@ def _rows_delimited(path: Path, delimiter: str) -> tuple[list[str], list[Row]]:
                     )
                 rows.append((reader.line_num, dict(zip(header, row))))
         except csv.Error as e:
-            raise DataError(f"{path}:{reader.line_num}: malformed line ({e})") from None
+            hint = "; a quoted field is not closed" if "end of data" in str(e) else ""
+            raise DataError(f"{path}:{reader.line_num}: malformed line ({e}{hint})") from None
     return header, rows
 
 

@@ -1,6 +1,8 @@
 """Dotted ``key=value`` overrides of a YAML config tree (``train.lr=1e-4``, ``methods.0.rank=16``).
 
-``method.X`` is a shortcut for ``methods.0.X`` when the stack holds one method. Values are YAML scalars;
+``method.X`` is a shortcut for ``methods.0.X`` when the stack holds one method, and ``method.N.X`` is
+``methods.N.X``. A list entry is set by its index (``data.label_names.1=sports``, ``methods.1=deft``), and
+the index one past the end appends. Values are YAML scalars;
 strings that read as numbers (``1e-4``, which YAML 1.1 leaves a string) become floats.
 """
 
@@ -36,6 +38,8 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"override '{item}' is not key=value (e.g. train.lr=1e-4)")
         key, text = item.split("=", 1)
         parts = key.strip().split(".")
+        if parts[0] == "method" and len(parts) > 2 and parts[1].isdigit():
+            parts = ["methods", *parts[1:]]  # method.0.rank is methods.0.rank
         if parts[0] == "method":
             methods = tree.get("methods") or []
             if len(methods) != 1:
@@ -60,6 +64,17 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(node, (dict, list)):
                 raise ConfigError(f"'{key}': '{'.'.join(parts[: i + 1])}' is not a mapping")
         if isinstance(node, list):
-            raise ConfigError(f"'{key}': cannot set a list entry directly; set its fields (methods.0.rank=8)")
+            last = parts[-1]
+            if not last.isdigit() or int(last) > len(node):
+                raise ConfigError(
+                    f"'{key}': index '{last}' out of range (there are {len(node)} entries; "
+                    f"{len(node)} appends one)"
+                )
+            value = parse_value(text)
+            if int(last) == len(node):
+                node.append(value)
+            else:
+                node[int(last)] = value
+            continue
         node[parts[-1]] = parse_value(text)
     return tree
