@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import pytest
@@ -10,7 +11,11 @@ from torch import nn
 
 import peftkit as pk
 from peftkit.methods.meft.apply import find_stack
-from peftkit.methods.meft.checks import reconstruction_errors, stack_reconstruction_errors
+from peftkit.methods.meft.checks import (
+    ReconstructionError,
+    reconstruction_errors,
+    stack_reconstruction_errors,
+)
 from peftkit.methods.meft.coupling import Coupling
 from peftkit.methods.meft.stack import ReversibleStack
 
@@ -164,11 +169,47 @@ def test_reconstruction_check_and_drift_warning(tiny: Any) -> None:
     ctx = stack.context((), {"attention_mask": None}, recompute=True)
     good = reconstruction_errors(list(stack.couplings), x, ctx)
     assert max(good) < 1e-10
-    stack.check_every, stack.check_tolerance = 1, 1e-30  # any rounding at all exceeds it
+    stack.anchors, stack.tolerance = frozenset(), 1e-30  # no anchors; any rounding at all exceeds it
     model.train()
-    with pytest.warns(RuntimeWarning, match="reconstruction drift"):
+    with pytest.warns(RuntimeWarning, match="reversible layer 0 was reconstructed with relative error"):
         tiny.forward(model, "tiny_bert").sum().backward()
-    assert len(stack.last_reconstruction_error) == 2
+    assert len(stack.last_reconstruction_error) == 2 and 0 < max(stack.last_reconstruction_error) < 1e-10
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tiny.forward(model, "tiny_bert").sum().backward()  # warned once per stack, not every step
+    stack.on_error = "raise"
+    with pytest.raises(ReconstructionError, match="tolerance 1e-30"):
+        tiny.forward(model, "tiny_bert").sum().backward()
+
+
+def test_auto_anchors_calibrated_once(tiny: Any) -> None:
+    model = pk.apply(pk.load_backbone("tiny_bert", num_labels=3), pk.MEFT(variant="meft3"))
+    stack = find_stack(model)
+    assert stack.anchors is None and stack.anchor_every == "auto"
+    with torch.no_grad():
+        tiny.forward(model, "tiny_bert")  # no backward: nothing to calibrate
+    assert stack.anchors is None
+    stack.calibration_margin = 1e30  # threshold ~0: every layer whose input is not exact needs an anchor
+    tiny.forward(model, "tiny_bert").sum().backward()
+    assert stack.anchors == frozenset({0, 1}) and len(stack.calibration_errors) == 2
+    stack.calibration_margin = 1e-30  # a later change does not recalibrate
+    tiny.forward(model, "tiny_bert").sum().backward()
+    assert stack.anchors == frozenset({0, 1})
+    assert find_stack(pk.apply(tiny.build("tiny_bert"), pk.MEFT(anchor_every=1))).anchors == {0, 1}
+    assert find_stack(pk.apply(tiny.build("tiny_bert"), pk.MEFT(anchor_every=0))).anchors == frozenset()
+
+
+def test_streams_fp32_by_default_and_16_bit_streams_refused(tiny: Any) -> None:
+    model = pk.apply(tiny.build("tiny_bert"), pk.MEFT())
+    stack = find_stack(model)
+    assert stack.stream_dtype_for(torch.bfloat16) == torch.float32
+    assert stack.stream_dtype_for(torch.float32) == torch.float32
+    assert stack.stream_dtype_for(torch.float64) == torch.float64
+    stack.stream_dtype = "model"
+    with pytest.raises(pk.ConfigError, match="16-bit streams, which are refused"):
+        stack.stream_dtype_for(torch.bfloat16)
+    with pytest.raises(pk.ConfigError, match="grows ~10x per layer"):
+        pk.MEFT(stream_dtype="bfloat16")
 
 
 def test_rng_state_after_step_is_as_without_meft_backward(tiny: Any) -> None:
@@ -189,6 +230,8 @@ def test_rng_state_after_step_is_as_without_meft_backward(tiny: Any) -> None:
 @pytest.mark.parametrize("kw", [
     {"variant": "meft4"}, {"lam": 0.0}, {"beta": -1.0}, {"adapter_dim": 0}, {"num_rev_layers": -1},
     {"stream_dtype": "float16x"}, {"anchor_every": -1}, {"adapter_dropout": 1.0}, {"check_every": -2},
+    {"anchor_every": "sometimes"}, {"anchor_every": 1.5}, {"tolerance": 0.0}, {"tolerance": 0.6},
+    {"calibration_margin": 0.5}, {"on_error": "ignore"}, {"stream_dtype": "float16"},
 ])
 def test_bad_config(kw: dict[str, Any]) -> None:
     with pytest.raises(pk.ConfigError):

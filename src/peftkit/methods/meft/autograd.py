@@ -23,7 +23,7 @@ Shape legend: b batch, t tokens, d model width; x, y1, y2 are [b, t, d]; terms i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,18 +31,18 @@ import torch
 from torch import nn
 
 from peftkit.core.errors import UnsupportedError
+from peftkit.core.protocols import RecomputableTerm
 from peftkit.methods.meft.coupling import Coupling, RngState
 
 
-def density_probes(coupling: Coupling) -> list[nn.Module]:
-    """DEFT's probes inside the pretrained block a coupling wraps (empty when DEFT is not applied)."""
-    from peftkit.methods.deft.probe import DensityProbe  # light: torch only
-
+def recomputable_terms(coupling: Coupling) -> list[nn.Module]:
+    """The :class:`~peftkit.core.protocols.RecomputableTerm` modules (DEFT's density probes, or any other)
+    inside the pretrained block a coupling wraps; empty when no method put one there."""
     out: list[nn.Module] = []
     for sub in (coupling.f, coupling.g):
         ops = getattr(sub, "ops", None)
         if ops is not None:
-            out.extend(m for m in ops.block.modules() if isinstance(m, DensityProbe) and m not in out)
+            out.extend(m for m in ops.block.modules() if isinstance(m, RecomputableTerm) and m not in out)
     return out
 
 
@@ -110,19 +110,26 @@ class RevPlan:
         context: per-forward block arguments (tensors in it that carry a gradient are named in ``ctx_keys``
             and passed to the Function as inputs instead).
         ctx_keys: names of the context tensors that are Function inputs.
-        probes: per coupling, DEFT's density probes inside it.
-        anchor_every: also save the streams at the input of every k-th coupling (0 = only the output);
-            backward restarts from those exact values instead of reconstructing them.
+        probes: per coupling, the recomputable terms (DEFT's density probes) inside it.
+        anchors: couplings whose two input streams are also saved (exact), so backward restarts from them
+            instead of reconstructing; the bottom one (0) costs one tensor, since both streams are ``x``.
+        sample: flat indices into one stream [b*t*d]; forward keeps each layer input's values there and
+            backward hands ``report`` the relative error of every reconstructed input on them (None = off).
+        report: receives ``[(layer, relative error), ...]`` after backward (when ``sample`` is given).
     """
 
     couplings: tuple[Coupling, ...]
     context: dict[str, Any]
     ctx_keys: tuple[str, ...]
     probes: tuple[tuple[nn.Module, ...], ...]
-    anchor_every: int = 0
+    anchors: frozenset[int] = frozenset()
+    sample: torch.Tensor | None = None
+    report: Callable[[list[tuple[int, float]]], None] | None = None
 
-    def anchored(self, i: int) -> bool:
-        return self.anchor_every > 0 and i % self.anchor_every == 0
+
+def _sample_error(x: torch.Tensor, idx: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    got = x.reshape(-1)[idx].double()
+    return (got - true.double()).norm() / true.double().norm().clamp_min(1e-300)
 
 
 class RevBackprop(torch.autograd.Function):
@@ -136,15 +143,19 @@ class RevBackprop(torch.autograd.Function):
         fctx.plan, fctx.params = plan, tensors[n_ctx:]
         dev = x.device.type
         fctx.autocast = (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
-        fctx.records = []
+        fctx.records, fctx.samples = [], []
         terms: list[torch.Tensor] = []
         anchors: list[torch.Tensor] = []
+        fctx.slots = {}
         leaf_ctx = _leaf_context(context, plan.ctx_keys, grad=False)
         with torch.no_grad():
             x1, x2 = x, x
             for i, (c, ps) in enumerate(zip(plan.couplings, plan.probes)):
-                if plan.anchored(i):
-                    anchors += [x1, x2]
+                if i in plan.anchors:  # both streams are x at i = 0: one tensor
+                    fctx.slots[i] = (len(anchors), len(anchors) + (0 if i == 0 else 1))
+                    anchors += [x1] if i == 0 else [x1, x2]
+                elif plan.sample is not None:
+                    fctx.samples.append((i, x1.reshape(-1)[plan.sample], x2.reshape(-1)[plan.sample]))
                 rec: list[RngState] = []
                 x1, x2 = c(x1, x2, leaf_ctx, rec)
                 fctx.records.append(rec)
@@ -160,6 +171,9 @@ class RevBackprop(torch.autograd.Function):
         plan, params = fctx.plan, fctx.params
         o1, o2, *rest = fctx.saved_tensors
         anchors, ctx_saved = rest[: fctx.n_anchor_tensors], rest[fctx.n_anchor_tensors:]
+        del rest
+        samples = {i: (s1, s2) for i, s1, s2 in fctx.samples}
+        errors: list[tuple[int, torch.Tensor]] = []
         index = {id(p): i for i, p in enumerate(params)}
         g_params: list[torch.Tensor | None] = [None] * len(params)
         g_ctx: list[torch.Tensor | None] = [None] * len(plan.ctx_keys)
@@ -175,23 +189,32 @@ class RevBackprop(torch.autograd.Function):
             wrt = [*leaves, *lp]
             y1, y2 = c.unswitch(o1, o2)
             dy1, dy2 = c.unswitch(do1, do2)
+            del do1, do2
             saved_terms = [p.last_term for p in probes]
             with torch.enable_grad(), torch.autocast(dev, dtype=dtype, enabled=enabled):
                 y1_ = y1.detach().requires_grad_(True)
                 g_out, g_terms, g_dt = _recompute(c.g, y1_, leaf_ctx, rec[1], probes, dprobe)
             gg = torch.autograd.grad([g_out, *g_terms], [y1_, *wrt], [dy2, *g_dt], allow_unused=True)
-            if plan.anchored(i):  # exact saved inputs: the reconstruction error stops here
-                k = 2 * (i // plan.anchor_every)
-                x1, x2 = anchors[k], anchors[k + 1]
+            del y1_, g_terms, g_dt
+            if i in plan.anchors:  # exact saved inputs: the reconstruction error stops here
+                k1, k2 = fctx.slots[i]
+                x1, x2 = anchors[k1], anchors[k2]
             else:
-                x2 = ((y2 - g_out.detach()) / c.beta).detach()
+                x2 = (y2 - g_out).div_(c.beta)
+            del g_out
             dy1 = dy1 + gg[0]
             with torch.enable_grad(), torch.autocast(dev, dtype=dtype, enabled=enabled):
                 x2_ = x2.detach().requires_grad_(True)
                 f_out, f_terms, f_dt = _recompute(c.f, x2_, leaf_ctx, rec[0], probes, dprobe)
             gf = torch.autograd.grad([f_out, *f_terms], [x2_, *wrt], [dy1, *f_dt], allow_unused=True)
-            if not plan.anchored(i):
-                x1 = ((y1 - f_out.detach()) / c.lam).detach()
+            del x2_, f_terms, f_dt
+            if i not in plan.anchors:
+                x1 = (y1 - f_out).div_(c.lam)
+                if i in samples:
+                    s1, s2 = samples.pop(i)
+                    errors.append((i, torch.maximum(_sample_error(x1, plan.sample, s1),
+                                                    _sample_error(x2, plan.sample, s2))))
+            del f_out, y1, y2
             for p, t in zip(probes, saved_terms):
                 p.last_term = t
             for grads in (gg[1:], gf[1:]):
@@ -203,9 +226,13 @@ class RevBackprop(torch.autograd.Function):
                     else:
                         q = index[id(lp[j - len(leaves)])]
                         g_params[q] = g if g_params[q] is None else g_params[q] + g
-            do1, do2 = c.lam * dy1, c.beta * dy2 + gf[0]
+            do1, do2 = dy1 * c.lam, gf[0] + c.beta * dy2  # out of place: autograd outputs may alias
+            del gg, gf, dy1, dy2
             o1, o2 = x1, x2
         dx = do1 + do2  # both streams start from x
+        if plan.report is not None and errors:
+            values = torch.stack([e for _, e in errors]).tolist()  # one device sync for all layers
+            plan.report([(i, v) for (i, _), v in zip(errors, values)])
         return (None, dx, *g_ctx, *g_params)
 
 
@@ -221,12 +248,15 @@ def _recompute(sub: nn.Module, inp: torch.Tensor, ctx: dict[str, Any], rng: RngS
     return out, [p.last_term for p in fired], [dprobe[id(p)].to(p.last_term.dtype) for p in fired]
 
 
-def rev_apply(couplings: Sequence[Coupling], x: torch.Tensor, ctx: dict[str, Any], anchor_every: int = 0
+def rev_apply(couplings: Sequence[Coupling], x: torch.Tensor, ctx: dict[str, Any],
+              anchors: frozenset[int] = frozenset(), sample: torch.Tensor | None = None,
+              report: Callable[[list[tuple[int, float]]], None] | None = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``couplings`` on ``(x, x)`` with the reversible backward; returns the two streams.
 
     Args:
-        anchor_every: see :class:`RevPlan` (0: only the two output streams are saved, as in the paper).
+        anchors, sample, report: see :class:`RevPlan` (no anchors: only the two output streams are saved,
+            as in the paper).
 
     Raises:
         UnsupportedError: when a context value nested in a container carries a gradient (it cannot be an
@@ -237,13 +267,13 @@ def rev_apply(couplings: Sequence[Coupling], x: torch.Tensor, ctx: dict[str, Any
         if isinstance(v, (tuple, list)) and any(isinstance(t, torch.Tensor) and t.requires_grad for t in v):
             raise UnsupportedError(f"MEFT reversible backward: the layer argument '{k}' carries a gradient "
                                    "inside a container; make it frozen or set use_reversible_backward=False")
-    probes = [density_probes(c) for c in couplings]
+    probes = [recomputable_terms(c) for c in couplings]
     params: dict[int, nn.Parameter] = {}
     for c in couplings:
         for p in coupling_params(c):
             params.setdefault(id(p), p)
     plan = RevPlan(tuple(couplings), {k: v for k, v in ctx.items() if k not in keys}, tuple(keys),
-                   tuple(tuple(ps) for ps in probes), anchor_every)
+                   tuple(tuple(ps) for ps in probes), frozenset(anchors), sample, report)
     y1, y2, terms = RevBackprop.apply(plan, x, *[ctx[k] for k in keys], *params.values())
     flat = [p for ps in probes for p in ps]
     for i, p in enumerate(flat):

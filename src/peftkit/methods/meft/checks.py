@@ -9,6 +9,13 @@ layer input, invert from the top with the same dropout masks, and compare, layer
 
 Nothing here changes the model, the global RNG, or DEFT's last density terms.
 
+``calibrate_anchors`` chooses MEFT's anchors (``anchor_every="auto"``) from one such inversion: walking down
+from the exact output, it reconstructs each layer input from the one above and, where the relative error
+would exceed the threshold, keeps that layer's exact input instead (an anchor), so the error restarts at 0.
+Placing each anchor as low as the threshold allows is optimal for this chain: no other placement holds
+every layer under the threshold with fewer anchors. The cost is one forward that keeps every layer input
+and one inversion, once.
+
 Shape legend: b batch, t tokens, d model width.
 """
 
@@ -20,8 +27,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftkit.methods.meft.autograd import density_probes
+from peftkit.core.errors import PeftkitError
+from peftkit.methods.meft.autograd import recomputable_terms
 from peftkit.methods.meft.coupling import Coupling, RngState
+
+
+class ReconstructionError(PeftkitError, ArithmeticError):
+    """A reconstructed layer input of MEFT's reversible backward is further from the true one than the
+    tolerance (raised when ``MEFT.on_error="raise"``)."""
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -39,7 +52,7 @@ def reconstruction_errors(couplings: Sequence[Coupling], hidden: torch.Tensor,
         hidden: the stack input [b, t, d] (both streams start from it).
         ctx: the per-forward block arguments (as :meth:`ReversibleStack.context` builds them).
     """
-    probes: list[nn.Module] = [p for c in couplings for p in density_probes(c)]
+    probes: list[nn.Module] = [p for c in couplings for p in recomputable_terms(c)]
     saved_terms = [p.last_term for p in probes]
     dev = hidden.device
     try:
@@ -89,3 +102,48 @@ def stack_reconstruction_errors(model: nn.Module, *args: Any, **kwargs: Any) -> 
     finally:
         object.__delattr__(stack, "run")
     return reconstruction_errors(list(stack.couplings), seen["hidden"], seen["ctx"])
+
+
+@torch.no_grad()
+def calibrate_anchors(couplings: Sequence[Coupling], hidden: torch.Tensor, ctx: dict[str, Any],
+                      threshold: float) -> tuple[list[int], list[float]]:
+    """The fewest anchors that keep every reconstructed layer input within ``threshold`` on this batch.
+
+    Args:
+        couplings: the reversible layers, bottom first.
+        hidden: the stack input [b, t, d] in the stream dtype.
+        ctx: the per-forward block arguments.
+        threshold: the largest relative error of a reconstructed layer input that is accepted.
+
+    Returns:
+        (anchors, errors): the layer indices whose inputs are kept (ascending), and per layer (bottom first)
+        the relative error its reconstructed input had before that decision (the measured amplification:
+        ``errors[i] / errors[i + 1]`` between anchors).
+    """
+    probes: list[nn.Module] = [p for c in couplings for p in recomputable_terms(c)]
+    saved_terms = [p.last_term for p in probes]
+    dev = hidden.device
+    try:
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+            records: list[list[RngState]] = []
+            x1, x2 = hidden, hidden
+            for c in couplings:
+                inputs.append((x1, x2))
+                rec: list[RngState] = []
+                x1, x2 = c(x1, x2, ctx, rec)
+                records.append(rec)
+            anchors: list[int] = []
+            errs = [0.0] * len(couplings)
+            for i in reversed(range(len(couplings))):
+                x1, x2 = couplings[i].inverse(x1, x2, ctx, records[i])
+                t1, t2 = inputs.pop()
+                err = max(_rel(x1, t1), _rel(x2, t2))
+                errs[i] = err if err == err else float("inf")  # NaN: overflowed, needs an anchor
+                if not errs[i] <= threshold:
+                    anchors.append(i)
+                    x1, x2 = t1, t2
+    finally:
+        for p, t in zip(probes, saved_terms):
+            p.last_term = t
+    return sorted(anchors), errs

@@ -25,6 +25,8 @@ from peftkit.core.errors import ConfigError
 
 VARIANTS = ("meft1", "meft2", "meft3")
 STREAM_DTYPES = ("auto", "model", "float32", "float64")
+LOW_PRECISION = ("bfloat16", "float16", "half", "bf16", "fp16")
+ON_ERROR = ("warn", "raise")
 
 # (lam, beta, switch) per variant: scripts/bert_glue.sh of BaohaoLiao/mefts (x1_factor, x2_factor) and the
 # paper's Fig. 4; "switch" is the stream swap after every layer of MEFT1/2 (cat([y2, y1]) in the reference).
@@ -52,16 +54,24 @@ class MEFT:
         adapter_act: adapter non-linearity (``gelu``, ``gelu_tanh``, ``relu``, ``silu``); None takes the
             backbone's ``hidden_act``.
         stream_dtype: dtype of the two streams and their coupling arithmetic; F and G still compute in the
-            model's dtype. ``"auto"``: float64 for a float32/float64 model, float32 for a bf16/fp16 one, which
-            keeps reconstruction near-exact (F and G recompute bit-identically, so only the stream arithmetic
-            rounds). ``"model"``: the model's dtype, as the reference code (reconstruction error then grows
-            about 1/lam or 1/beta per layer; see docs/methods/meft.md). Or ``"float32"`` / ``"float64"``.
-        anchor_every: also keep the two streams at the input of every k-th reversible layer (bottom one
-            included) so backward restarts from exact values there: bounds the reconstruction error, at the
-            cost of ceil(k_rev / k) stream pairs of memory. 0 = off (the paper: only the output is kept).
-        check_every: every N training forwards, invert the reversible layers on that batch and warn when the
-            relative reconstruction error of any layer input exceeds ``check_tolerance`` (0 = off).
-        check_tolerance: the relative error that triggers the drift warning.
+            model's dtype (or under the caller's autocast). ``"auto"`` (default): float32, for float32 and for
+            bf16/fp16 models alike; the reconstruction error is then held under ``tolerance`` by anchors.
+            ``"float64"``: near-exact reconstruction at twice the stream memory. ``"model"``: the model's
+            dtype, as the reference code (refused for a bf16/fp16 model). bf16/fp16 streams are refused: the
+            inverse divides by lam or beta every layer, so their rounding (4e-3 / 5e-4) grows ~10x per layer.
+        anchor_every: ``"auto"`` (default): on the first reversible training step, invert the stack once
+            (same dropout masks), measure every layer input's reconstruction error, and keep the fewest
+            exact stream pairs ("anchors", placed greedily from the top) that hold every layer input under
+            ``tolerance / calibration_margin``. An int k >= 1: an anchor at the input of every k-th reversible
+            layer (bottom one included); 0: none (the paper: only the two output streams are kept).
+        tolerance: the bound on the relative reconstruction error of any layer input, in (0, 0.5].
+        calibration_margin: ``"auto"`` anchors aim at ``tolerance / calibration_margin`` on the calibration
+            batch, so that other batches (whose rounding differs) stay under ``tolerance``; >= 1.
+        check_every: every N-th reversible backward compares each reconstructed layer input with a sample of
+            its true values saved in forward (4,096 elements per stream, negligible memory) and acts when the
+            relative error exceeds ``tolerance`` (0 = off).
+        on_error: what the check does then: ``"warn"`` (once per stack, naming the layer and the error) or
+            ``"raise"`` (:class:`~peftkit.methods.meft.checks.ReconstructionError`, from ``loss.backward()``).
     """
 
     variant: str = "meft1"
@@ -73,10 +83,12 @@ class MEFT:
     adapter_init_std: float = 0.02       # "W_down, W_up ~ N(0, σ²) and σ = 0.02" (paper, Fig. 4 caption)
     adapter_dropout: float | None = None  # reference adapter: config.hidden_dropout_prob (models/modules.py)
     adapter_act: str | None = None       # reference adapter uses ACT2FN[config.hidden_act]
-    stream_dtype: str = "auto"          # not a paper constant: our numerical-stability choice (docs)
-    anchor_every: int = 0                # not in the paper (0 = its behaviour); a stability option (docs)
-    check_every: int = 0
-    check_tolerance: float = 1e-2
+    stream_dtype: str = "auto"          # not in the paper (the reference keeps the model dtype): fp32 streams
+    anchor_every: int | str = "auto"     # not in the paper (0 = its behaviour): anchors chosen by measurement
+    tolerance: float = 1e-3              # bound on any layer input's relative reconstruction error
+    calibration_margin: float = 4.0
+    check_every: int = 1
+    on_error: str = "warn"
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -94,13 +106,26 @@ class MEFT:
             raise ConfigError(f"MEFT adapter_init_std must be >= 0, got {self.adapter_init_std}")
         if self.adapter_dropout is not None and not 0.0 <= self.adapter_dropout < 1.0:
             raise ConfigError(f"MEFT adapter_dropout must be in [0, 1), got {self.adapter_dropout}")
+        if self.stream_dtype in LOW_PRECISION:
+            raise ConfigError(f"MEFT stream_dtype '{self.stream_dtype}' is refused: the inverse divides by "
+                              "lam or beta (0.1) every layer, so a 16-bit stream's rounding grows ~10x per "
+                              "layer and the gradients go wrong; use 'auto' (float32; the model may stay "
+                              "bf16/fp16)")
         if self.stream_dtype not in STREAM_DTYPES:
             raise ConfigError(f"MEFT stream_dtype '{self.stream_dtype}' is unknown; choose one of: "
                               f"{', '.join(STREAM_DTYPES)}")
-        if self.anchor_every < 0:
-            raise ConfigError(f"MEFT anchor_every must be >= 0 (0 = off), got {self.anchor_every}")
-        if self.check_every < 0 or not self.check_tolerance > 0:
-            raise ConfigError("MEFT check_every must be >= 0 and check_tolerance > 0")
+        k = self.anchor_every
+        if k != "auto" and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
+            raise ConfigError(f"MEFT anchor_every must be 'auto' or an integer >= 0 (0 = no anchors), got "
+                              f"{self.anchor_every!r}")
+        if not 0 < self.tolerance <= 0.5:
+            raise ConfigError(f"MEFT tolerance must be in (0, 0.5] (a relative error), got {self.tolerance}")
+        if not self.calibration_margin >= 1:
+            raise ConfigError(f"MEFT calibration_margin must be >= 1, got {self.calibration_margin}")
+        if self.check_every < 0:
+            raise ConfigError(f"MEFT check_every must be >= 0 (0 = off), got {self.check_every}")
+        if self.on_error not in ON_ERROR:
+            raise ConfigError(f"MEFT on_error must be one of {', '.join(ON_ERROR)}, got '{self.on_error}'")
 
     def resolved(self) -> tuple[float, float, bool]:
         """(lam, beta, switch) with the variant's defaults filled in."""

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftkit.core.errors import UnsupportedError
+from peftkit.core.errors import ConfigError, UnsupportedError
 from peftkit.methods.meft.autograd import rev_apply
 from peftkit.methods.meft.blocks import _CACHE_KEYS, BlockOps, method_hooks
 from peftkit.methods.meft.coupling import Coupling
@@ -39,14 +39,19 @@ class ReversibleStack(nn.Module):
         couplings: one :class:`Coupling` per block (they own the adapters).
         num_rev: how many of the lower couplings use the reversible backward.
         use_reversible_backward: False runs every coupling through plain autograd (the oracle / fallback).
-        stream_dtype, anchor_every: see :class:`~peftkit.methods.meft.config.MEFT`.
-        check_every, check_tolerance: training-time reconstruction-drift check (0 = off).
-        last_reconstruction_error: per-layer relative errors of the last check (empty before one ran).
+        stream_dtype, anchor_every, tolerance, calibration_margin, check_every, on_error: see
+            :class:`~peftkit.methods.meft.config.MEFT`.
+        anchors: the reversible layers whose inputs are kept exactly (None until ``"auto"`` calibrated).
+        calibration_errors: per reversible layer, the relative reconstruction error measured by the
+            calibration without an anchor there (empty before it ran).
+        last_reconstruction_error: per reversible layer, the sampled relative error of the reconstructed
+            input in the last checked backward (0 at anchors; empty before one ran).
     """
 
     def __init__(self, blocks: Sequence[nn.Module], couplings: Sequence[Coupling], ops: Sequence[BlockOps],
                  num_rev: int, use_reversible_backward: bool = True, stream_dtype: str = "auto",
-                 anchor_every: int = 0, check_every: int = 0, check_tolerance: float = 1e-2) -> None:
+                 anchor_every: int | str = "auto", tolerance: float = 1e-3, calibration_margin: float = 4.0,
+                 check_every: int = 1, on_error: str = "warn") -> None:
         super().__init__()
         for i, b in enumerate(blocks):
             self.add_module(str(i), b)
@@ -54,10 +59,17 @@ class ReversibleStack(nn.Module):
         self.ops = tuple(ops)  # plain tuple: the blocks are registered above
         self.num_rev = int(num_rev)
         self.use_reversible_backward = bool(use_reversible_backward)
-        self.stream_dtype, self.anchor_every = stream_dtype, int(anchor_every)
-        self.check_every, self.check_tolerance = int(check_every), float(check_tolerance)
+        self.stream_dtype, self.anchor_every = stream_dtype, anchor_every
+        self.tolerance, self.calibration_margin = float(tolerance), float(calibration_margin)
+        self.check_every, self.on_error = int(check_every), on_error
+        self.anchors: frozenset[int] | None = None
+        if anchor_every != "auto":
+            k = int(anchor_every)
+            self.anchors = frozenset(range(0, self.num_rev, k)) if k > 0 else frozenset()
+        self.calibration_errors: list[float] = []
         self.last_reconstruction_error: list[float] = []
-        self._train_forwards = 0
+        self._backwards = 0
+        self._warned = False
 
     # ---- the container face the backbone's loop sees -----------------------------------------------------
 
@@ -78,11 +90,20 @@ class ReversibleStack(nn.Module):
     # ---- the stack ------------------------------------------------------------------------------------
 
     def stream_dtype_for(self, dtype: torch.dtype) -> torch.dtype:
-        """The dtype of the two streams for hidden states of ``dtype`` (see ``MEFT.stream_dtype``)."""
-        if self.stream_dtype == "model":
-            return dtype
+        """The dtype of the two streams for hidden states of ``dtype`` (see ``MEFT.stream_dtype``).
+
+        Raises:
+            ConfigError: ``stream_dtype="model"`` on a 16-bit model (16-bit streams are refused).
+        """
         if self.stream_dtype == "auto":
-            return torch.float64 if dtype in (torch.float32, torch.float64) else torch.float32
+            return torch.float64 if dtype == torch.float64 else torch.float32
+        if self.stream_dtype == "model":
+            if dtype.is_floating_point and torch.finfo(dtype).bits < 32:
+                name = str(dtype).removeprefix("torch.")
+                raise ConfigError(f"MEFT stream_dtype='model' on a {name} model would make 16-bit "
+                                  "streams, which are refused: the inverse divides by lam or beta every "
+                                  "layer, so their rounding grows ~10x per layer; use 'auto' (fp32)")
+            return dtype
         return getattr(torch, self.stream_dtype)
 
     def reversible_now(self) -> bool:
@@ -105,12 +126,14 @@ class ReversibleStack(nn.Module):
         rev = self.reversible_now()
         ctx = self.context(args, kwargs, recompute=rev)
         x = hidden.to(self.stream_dtype_for(hidden.dtype))  # [b, t, d], both streams start here
-        if self.training and torch.is_grad_enabled() and self.check_every:
-            self._train_forwards += 1
-            if self._train_forwards % self.check_every == 0:
-                self._drift_check(x, args, kwargs)
         if rev:
-            x1, x2 = rev_apply(self.couplings[: self.num_rev], x, ctx, self.anchor_every)
+            if self.anchors is None:
+                self.calibrate(x.detach(), ctx)
+            self._backwards += 1
+            checked = self.check_every > 0 and (self._backwards - 1) % self.check_every == 0
+            sample = _sample_index(x.numel(), x.device) if checked else None
+            x1, x2 = rev_apply(self.couplings[: self.num_rev], x, ctx, self.anchors or frozenset(), sample,
+                               self._report if checked else None)
             rest = self.couplings[self.num_rev:]
         else:
             x1, x2 = x, x
@@ -118,6 +141,36 @@ class ReversibleStack(nn.Module):
         for c in rest:
             x1, x2 = c(x1, x2, ctx)
         return self.ops[0].wrap_output(((x1 + x2) / 2).to(hidden.dtype))
+
+    def calibrate(self, hidden: torch.Tensor, ctx: dict[str, Any]) -> frozenset[int]:
+        """Choose the anchors of ``anchor_every="auto"`` on this batch (see ``checks.calibrate_anchors``)."""
+        from peftkit.methods.meft.checks import calibrate_anchors
+
+        anchors, errs = calibrate_anchors(self.couplings[: self.num_rev], hidden, ctx,
+                                          self.tolerance / self.calibration_margin)
+        self.anchors, self.calibration_errors = frozenset(anchors), errs
+        return self.anchors
+
+    def _report(self, errors: list[tuple[int, float]]) -> None:
+        """Receives the sampled reconstruction errors of one backward; warns once or raises over tolerance."""
+        from peftkit.methods.meft.checks import ReconstructionError
+
+        per_layer = [0.0] * self.num_rev
+        for i, e in errors:
+            per_layer[i] = e if e == e else float("inf")
+        self.last_reconstruction_error = per_layer
+        worst = max(range(self.num_rev), key=per_layer.__getitem__)
+        if per_layer[worst] <= self.tolerance:
+            return
+        msg = (f"MEFT reconstruction: the input of reversible layer {worst} was reconstructed with relative "
+               f"error {per_layer[worst]:.3g} > tolerance {self.tolerance:g}, so the gradients of the layers "
+               f"below are inaccurate; use anchor_every='auto' (or a smaller k), stream_dtype='float64', or "
+               f"fewer num_rev_layers")
+        if self.on_error == "raise":
+            raise ReconstructionError(msg)
+        if not self._warned:
+            self._warned = True
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
 
     def _check_blocks(self) -> None:
         """MEFT calls the blocks' sub-modules, never ``block.forward``: a replaced block, or a block another
@@ -131,22 +184,18 @@ class ReversibleStack(nn.Module):
                                        "method acting on whole blocks); MEFT bypasses block.forward, so they "
                                        "would not run")
 
-    def _drift_check(self, hidden: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        from peftkit.methods.meft.checks import reconstruction_errors
-
-        ctx = self.context(args, kwargs, recompute=True)
-        errs = reconstruction_errors(self.couplings[: max(self.num_rev, 1)], hidden.detach(), ctx)
-        self.last_reconstruction_error = errs
-        worst = max(errs) if errs else 0.0
-        if not worst <= self.check_tolerance:
-            warnings.warn(
-                f"MEFT reconstruction drift: relative error {worst:.3g} of a reconstructed layer input "
-                f"exceeds check_tolerance={self.check_tolerance:g} (per layer: "
-                f"{[f'{e:.2g}' for e in errs]}); gradients of the reversible layers are inaccurate. Use "
-                "anchor_every, fewer num_rev_layers, stream_dtype='auto', or lam/beta closer to 1",
-                RuntimeWarning, stacklevel=3,
-            )
-
     def extra_repr(self) -> str:
         return (f"blocks={len(self)}, num_rev={self.num_rev}, "
-                f"reversible_backward={self.use_reversible_backward}")
+                f"reversible_backward={self.use_reversible_backward}, anchors={sorted(self.anchors or [])}")
+
+
+SAMPLE_SIZE = 4096  # elements per stream compared by the reconstruction check
+
+
+def _sample_index(numel: int, device: torch.device) -> torch.Tensor:
+    """A fixed random set of flat indices into one stream, from a private generator (the global RNG, and so
+    dropout, is not touched)."""
+    if numel <= SAMPLE_SIZE:
+        return torch.arange(numel, device=device)
+    g = torch.Generator().manual_seed(numel)
+    return torch.randint(numel, (SAMPLE_SIZE,), generator=g).to(device)
