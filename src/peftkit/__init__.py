@@ -62,6 +62,9 @@ _CONFIGS = {
     "PrefixTuning": "peftkit.methods.hf_peft.config",
     "export_peft": "peftkit.methods.hf_peft.export",
     "DEFT": "peftkit.methods.deft.config",
+    "Sparsify": "peftkit.methods.deft.sparse_config",
+    "sparsify": "peftkit.methods.deft.sparsify",
+    "sparse_mlp": "peftkit.methods.deft.sparse_mlp",
     "PointPEFT": "peftkit.methods.point_peft.config",
     "MEFT": "peftkit.methods.meft.config",
 }

@@ -5,6 +5,7 @@ from peftkit.methods._lazy import lazy
 from peftkit.methods.adapter.config import Adapter
 from peftkit.methods.baseline.config import FullFineTune, HeadOnly
 from peftkit.methods.deft.config import DEFT
+from peftkit.methods.deft.sparse_config import Sparsify
 from peftkit.methods.hf_peft.config import IA3, DoRA, LoRA, PrefixTuning, PromptTuning, QLoRA
 from peftkit.methods.meft.config import MEFT
 from peftkit.methods.point_peft.config import PointPEFT
@@ -14,7 +15,7 @@ register_method("full", FullFineTune, lazy("peftkit.methods.baseline.apply", "ap
 register_method("head_only", HeadOnly, lazy("peftkit.methods.baseline.apply", "apply_head_only"),
                 "linear probe: only the task head trains")
 register_method("deft", DEFT, lazy("peftkit.methods.deft.apply", "apply_deft"),
-                "DEFT (density, arXiv 2402.01911): smooth-L0 loss on the MLP activations; stack on a PEFT method")
+                "DEFT (density, arXiv 2402.01911): smooth-L0 loss on MLP activations; stack on a PEFT method")
 register_method("point_peft", PointPEFT, lazy("peftkit.methods.point_peft.apply", "apply_point_peft"),
                 "Point-PEFT (arXiv 2310.03059): point-prior prompts from a P2-Bank + geometry-aware adapters")
 register_method("adapter", Adapter, lazy("peftkit.methods.adapter.apply", "apply_adapter"),
@@ -33,3 +34,5 @@ register_method("prefix", PrefixTuning, lazy("peftkit.methods.hf_peft.prompt", "
                 "prefix tuning (arXiv 2101.00190) through HF peft; HF backbones only")
 register_method("meft", MEFT, lazy("peftkit.methods.meft.apply", "apply_meft"),
                 "MEFT (reversible, arXiv 2306.00477): two-stream reversible PLM with adapters; O(1) activations")
+register_method("sparsify", Sparsify, lazy("peftkit.methods.deft.sparsify", "apply_sparsify"),
+                "calibrated activation sparsity (CATS/TEAL): per-layer MLP thresholds; use pk.sparsify(...)")

@@ -29,8 +29,9 @@ from peftkit.methods.deft.prune import magnitude_prune
 LOSS_ATTR = "peftkit_deft"  # child of the backbone root holding the DeftLoss module
 
 
-def _observed(base: nn.Module, path: str, applied: list[str]) -> tuple[str, nn.Module]:
-    """(registered path, module) of the activation at the spec path ``path``.
+def registered(base: nn.Module, path: str, applied: list[str], who: str = "DEFT",
+               role: str = "mlp_act") -> tuple[str, nn.Module]:
+    """(registered path, module) of the module at the spec path ``path``.
 
     An earlier method may have wrapped a parent in a module that forwards attribute access to the original
     (``mlp`` -> ``mlp.base_layer``): the spec path still resolves, but the module is registered deeper, and
@@ -40,18 +41,24 @@ def _observed(base: nn.Module, path: str, applied: list[str]) -> tuple[str, nn.M
         mod = base.get_submodule(path)
     except AttributeError:
         raise UnsupportedError(
-            f"DEFT cannot observe the MLP activation at '{path}' (role mlp_act)"
+            f"{who} cannot reach the module at '{path}' (role {role})"
             + (f" after {applied}: that method replaced it" if applied else ": it is not a module there")
         ) from None
-    if isinstance(mod, DensityProbe):
-        raise ConfigError(f"DEFT already observes '{path}'")
     parent_path, _, name = path.rpartition(".")
     if base.get_submodule(parent_path)._modules.get(name) is mod:
         return path, mod
-    for registered, m in base.named_modules(remove_duplicate=False):
+    for found, m in base.named_modules(remove_duplicate=False):
         if m is mod:
-            return registered, mod
-    raise UnsupportedError(f"DEFT cannot observe '{path}': the module found there is not part of the model")
+            return found, mod
+    raise UnsupportedError(f"{who} cannot reach '{path}': the module found there is not part of the model")
+
+
+def _observed(base: nn.Module, path: str, applied: list[str]) -> tuple[str, nn.Module]:
+    """(registered path, module) of the activation DEFT wraps at the spec path ``path``."""
+    found, mod = registered(base, path, applied)
+    if isinstance(mod, DensityProbe):
+        raise ConfigError(f"DEFT already observes '{path}'")
+    return found, mod
 
 
 def apply_deft(model: nn.Module, spec: BackboneSpec, config: DEFT) -> Applied:
