@@ -1,4 +1,4 @@
-"""The README quickstart is run as written (DESIGN.md section 4): a broken first screen is a failed test."""
+"""The README quickstart is run as written (docs/design.md, Tests): a broken first screen is a failed test."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The contract every method honours, table-driven over methods x tiny backbones (DESIGN.md section 4).
+"""The contract every method honours, table-driven over methods x tiny backbones (docs/design.md, Tests).
 
 For each case and backbone:
   * a zero-initialised method leaves the output unchanged at init;

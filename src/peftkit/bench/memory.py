@@ -1,6 +1,6 @@
 """Activation memory: bytes saved for backward, and the peak of a whole training step in a fresh process.
 
-Why two numbers (DESIGN.md section 5; MEFT, Liao et al., arXiv 2306.00477, claims "up to 84% less
+Why two numbers (docs/design.md, Measuring; MEFT, Liao et al., arXiv 2306.00477, claims "up to 84% less
 activation memory than full fine-tuning"):
 
 * ``saved_activation_bytes`` counts what autograd keeps alive between forward and backward. Every tensor an

@@ -4,7 +4,7 @@ MEFT (Liao, Tan, Monz; NeurIPS 2023; arXiv 2306.00477) claims "up to 84% less ac
 fine-tuning", with memory independent of depth when every layer is reversible. Same batch and length for every
 method; models are BERT encoders with random weights in the real BERT-base (d 768, 12 heads, FFN 3072) and
 MiniLM (d 384, 12 heads, FFN 1536) shapes (``bench.random_bert``), at 6 / 12 / 24 layers and 128 / 512
-tokens (DESIGN.md section 5):
+tokens (docs/design.md, Measuring):
 
 * ``saved``: bytes saved for backward by one forward + loss (``bench.memory.saved_activations``) on a cross
   through the grid (``points``): every method at 12 layers and both lengths, some also at every depth;

@@ -1,8 +1,9 @@
 """Step time: the median after warm-up, and ratios between methods measured in one run.
 
-The machines these benchmarks run on are shared and noisy, so (DESIGN.md section 5) methods are compared as
-ratios measured together: ``interleaved_times`` runs one step of every method in turn, round after round,
-so that a slow minute of the machine slows every method alike. Absolute times are only quoted from a GPU.
+The machines these benchmarks run on are shared and noisy, so methods are compared as ratios measured
+together (docs/design.md, Measuring): ``interleaved_times`` runs one step of every method in turn, round
+after round, so that a slow minute of the machine slows every method alike. Absolute times are only quoted
+from a GPU.
 """
 
 from __future__ import annotations

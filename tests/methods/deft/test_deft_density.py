@@ -119,7 +119,7 @@ def test_shapes_2d_and_4d_activations():
 
 
 def test_surrogate_is_half_at_sqrt_eps_and_gradient_peaks_near_sqrt_eps_over_3():
-    # research note 1.3: ds/da peaks at |a| = sqrt(eps/3) with value about 2.1e3 for eps = 1e-7
+    # docs/methods/deft.md: ds/da peaks at |a| = sqrt(eps/3) with value about 2.1e3 for eps = 1e-7
     a = torch.logspace(-6, -2, 4001, dtype=torch.float64)
     g = smooth_l0_grad(a, EPS)
     peak = a[g.argmax()].item()
