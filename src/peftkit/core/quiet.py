@@ -32,7 +32,7 @@ class _DropBackendNoise(logging.Filter):
 
 
 def quiet_backend_logs() -> None:
-    """Install the filters (idempotent); call before ``peft`` / ``torchao`` / ``bitsandbytes`` are imported."""
+    """Install the filters (idempotent); call before ``peft``, ``torchao`` or ``bitsandbytes`` is imported."""
     for name, prefixes in _NOISE.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropBackendNoise) for f in logger.filters):

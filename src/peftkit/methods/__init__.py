@@ -33,6 +33,6 @@ register_method("prompt", PromptTuning, lazy("peftkit.methods.hf_peft.prompt", "
 register_method("prefix", PrefixTuning, lazy("peftkit.methods.hf_peft.prompt", "apply_prefix"),
                 "prefix tuning (arXiv 2101.00190) through HF peft; HF backbones only")
 register_method("meft", MEFT, lazy("peftkit.methods.meft.apply", "apply_meft"),
-                "MEFT (reversible, arXiv 2306.00477): two-stream reversible PLM with adapters; O(1) activations")
+                "MEFT (reversible, arXiv 2306.00477): two-stream reversible PLM + adapters; O(1) activations")
 register_method("sparsify", Sparsify, lazy("peftkit.methods.deft.sparsify", "apply_sparsify"),
                 "calibrated activation sparsity (CATS/TEAL): per-layer MLP thresholds; use pk.sparsify(...)")
