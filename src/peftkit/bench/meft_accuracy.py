@@ -1,11 +1,19 @@
 """``peftkit bench meft_accuracy``: MEFT1/2/3 against full FT, LoRA and an adapter on MiniLM + BBC News.
 
 MEFT (Liao, Tan, Monz; NeurIPS 2023; arXiv 2306.00477) claims the same GLUE score as full fine-tuning. On a
-CPU we check the relative claim on BBC News (5 topics): every row trains with the same data subset, length,
-batch size and schedule (one epoch, linear decay after 6% warm-up) through ``peftkit.train.loop.run``; only
-the method stack and its learning rate differ (full FT 5e-5, the PEFT rows 1e-3). Several seeds (the seed
-picks the few-shot subset and the inits). Plus MEFT1 on SmolLM2-135M (one seed, a small subset) and MEFT1 +
-DEFT (the density of its MLP activations, next to MEFT1's).
+CPU we check the relative claim on BBC News (5 topics) with an honest protocol (``part=train``):
+
+1. **Sweep** (seed ``sweep_seed``): every method at each learning rate of its grid ``GRIDS``, evaluated on the
+   223 validation articles only (``eval_split=val``; the test split is not read).
+2. **Select** per method the learning rate with the highest final validation accuracy (ties: the smaller).
+3. **Final**: every method at its selected rate, for each of ``seeds``, evaluated once on the 444 test
+   articles.
+
+Every run trains with the same data subset (the seed picks the stratified subset and the inits), length,
+batch size and schedule (linear decay after 6% warm-up) through ``peftkit.train.loop.run``; only the method
+stack and its learning rate differ. Each run's result is kept as a small JSON in ``rows_dir`` (in the
+repository), and runs whose JSON exists are skipped, so the table accumulates across sessions and re-renders
+without rerunning (``part=report``).
 
 ``part=init`` and ``part=numerics`` write the starting-point and reconstruction tables of
 :mod:`peftkit.bench.meft_numerics` instead. Writes OUT/meft_accuracy.* (or meft_init.*, meft_recon.*,
@@ -14,49 +22,44 @@ meft_grad.*).
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from peftkit.bench._args import parse_overrides
 from peftkit.core.errors import ConfigError
 
 MEFT = {"name": "meft"}
-ROWS: dict[str, tuple[list[dict[str, Any]], float]] = {  # label -> (method stack, learning rate)
-    "full FT": ([{"name": "full"}], 5e-5),
-    "LoRA r=8": ([{"name": "lora", "rank": 8, "alpha": 16}], 1e-3),
-    "Pfeiffer adapter": ([{"name": "adapter", "kind": "pfeiffer"}], 1e-3),
-    "MEFT1": ([{**MEFT, "variant": "meft1"}], 1e-3),
-    "MEFT2": ([{**MEFT, "variant": "meft2"}], 1e-3),
-    "MEFT3": ([{**MEFT, "variant": "meft3"}], 1e-3),
-    "MEFT3, anchor_every=2": ([{**MEFT, "variant": "meft3", "anchor_every": 2}], 1e-3),
-    "MEFT1 + DEFT": ([{**MEFT, "variant": "meft1"}, {"name": "deft", "weight": 1.0}], 1e-3),
-    # 30 pre-LN layers: reconstruction needs anchors (docs/results/meft.md), as in bbc_smollm2__meft1.yaml
-    "SmolLM2 MEFT1": ([{**MEFT, "variant": "meft1", "anchor_every": 6}], 1e-3),
+# label -> (method stack, learning-rate grid of the sweep)
+GRIDS: dict[str, tuple[list[dict[str, Any]], tuple[float, ...]]] = {
+    "full FT": ([{"name": "full"}], (5e-5, 1.5e-4)),
+    "LoRA r=8": ([{"name": "lora", "rank": 8, "alpha": 16}], (1e-3, 3e-3)),
+    "Pfeiffer adapter": ([{"name": "adapter", "kind": "pfeiffer"}], (1e-3, 3e-3)),
+    "MEFT1": ([{**MEFT, "variant": "meft1"}], (1e-3, 3e-3)),
+    "MEFT2": ([{**MEFT, "variant": "meft2"}], (1e-3, 3e-3)),
+    "MEFT3": ([{**MEFT, "variant": "meft3"}], (1e-3, 3e-3)),
 }
-DENSITY_ROWS = ("MEFT1", "MEFT1 + DEFT")
-DENSITY_KEYS = ("density/exact@fp32", "density/exact_masked@fp32", "density/gt1e-02_masked@fp32")
-ONE_SEED_ROWS = ("MEFT1 + DEFT", "MEFT3, anchor_every=2")
+KEEP = ("eval/", "val/", "trainable", "total_params")
 
 
 @dataclass
 class AccuracyConfig:
-    """Scale of the runs; the defaults fit about 40 minutes of one CPU thread (docs/results/meft.md)."""
+    """Scale of the runs (state it beside every figure); see the module docstring for the protocol."""
 
-    part: str = "train"                       # train | init | numerics
+    part: str = "train"                       # train | report | init | numerics
     out_dir: str = "runs/bench_meft_accuracy"
-    rows: str = "all"                         # ";"-separated labels of ROWS (MiniLM rows)
-    seeds: str = "0,1"
-    max_train_examples: int = 240             # stratified subset of the 1,558 training articles
+    rows_dir: str = "docs/results/meft_rows/bbc_minilm"  # one JSON per run (kept in the repository)
+    rows: str = "all"                         # ";"-separated labels of GRIDS
+    seeds: str = "0,1,2"                      # final runs
+    sweep_seed: int = 0
+    max_train_examples: int = 320             # stratified subset of the 1,558 training articles
     max_length: int = 128
-    epochs: int = 1
+    epochs: int = 3
     batch_size: int = 16
-    eval_split: str = "test"                  # 444 test articles
-    smollm2: bool = True                      # also MEFT1 on SmolLM2-135M (one seed)
-    smollm2_train_examples: int = 80
-    smollm2_max_length: int = 64
     numerics_docs: int = 16                   # BBC articles for part=init / numerics
     numerics_backbone: str = "minilm"         # part=numerics: minilm | smollm2
     numerics_tables: str = "recon,grad"       # part=numerics: which tables
@@ -65,73 +68,122 @@ class AccuracyConfig:
     threads: int = 1
 
 
-def run_config(cfg: AccuracyConfig, label: str, seed: int, backbone: str = "minilm") -> Any:
+def slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_")
+
+
+def run_key(phase: str, label: str, lr: float, seed: int) -> str:
+    return f"{phase}__{slug(label)}__lr{lr:g}__s{seed}"
+
+
+def run_config(cfg: AccuracyConfig, label: str, lr: float, seed: int, eval_split: str) -> Any:
     from peftkit.train.config import config_from_dict_tree
 
-    methods, lr = ROWS[label]
-    small = backbone == "smollm2"
-    slug = "".join(c if c.isalnum() else "_" for c in label.lower())
+    methods, _ = GRIDS[label]
     return config_from_dict_tree({
-        "out_dir": f"{cfg.out_dir}/{backbone}_{slug}_s{seed}", "seed": seed,
-        "backbone": {"name": backbone, "task": "classification"},
-        "data": {"name": "bbc_news", "max_length": cfg.smollm2_max_length if small else cfg.max_length,
-                 "max_train_examples": cfg.smollm2_train_examples if small else cfg.max_train_examples},
+        "out_dir": f"{cfg.out_dir}/{run_key(eval_split, label, lr, seed)}", "seed": seed,
+        "backbone": {"name": "minilm", "task": "classification"},
+        "data": {"name": "bbc_news", "max_length": cfg.max_length,
+                 "max_train_examples": cfg.max_train_examples},
         "methods": [dict(m) for m in methods],
-        "train": {"epochs": cfg.epochs, "batch_size": 8 if small else cfg.batch_size, "lr": lr,
-                  "schedule": "linear", "warmup_ratio": 0.06,
-                  "eval_split": "val" if small else cfg.eval_split,
-                  "measure_density": label in DENSITY_ROWS, "threads": cfg.threads, "log_every": 5},
+        "train": {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": lr, "schedule": "linear",
+                  "warmup_ratio": 0.06, "eval_split": eval_split, "threads": cfg.threads, "log_every": 5},
     })
 
 
-def train_rows(cfg: AccuracyConfig) -> list[dict[str, Any]]:
+def scale(cfg: AccuracyConfig) -> dict[str, Any]:
+    return {"max_train_examples": cfg.max_train_examples, "max_length": cfg.max_length, "epochs": cfg.epochs,
+            "batch_size": cfg.batch_size, "threads": cfg.threads}
+
+
+def _run(cfg: AccuracyConfig, phase: str, label: str, lr: float, seed: int) -> dict[str, Any]:
+    """One run, or its stored JSON when present (same scale); returns the row."""
+    import platform
+
+    from peftkit.core.io import atomic_write_json
     from peftkit.train.loop import run
 
-    minilm_rows = [r for r in ROWS if not r.startswith("SmolLM2")]
-    wanted = minilm_rows if cfg.rows == "all" else [r.strip() for r in cfg.rows.split(";")]
-    unknown = [r for r in wanted if r not in ROWS]
+    path = Path(cfg.rows_dir) / f"{run_key(phase, label, lr, seed)}.json"
+    if path.exists():
+        row = json.loads(path.read_text())
+        if row.get("scale") == scale(cfg):
+            return row
+    print(f"{phase} {label} lr {lr:g} seed {seed}", flush=True)
+    split = "val" if phase == "sweep" else "test"
+    m = run(run_config(cfg, label, lr, seed, split), progress=False)
+    row = {"phase": phase, "label": label, "lr": lr, "seed": seed, "scale": scale(cfg),
+           "cpu": platform.processor() or platform.machine(),
+           **{k: v for k, v in m.items()
+              if k.startswith(KEEP) or k in ("step_time_s", "train_time_s", "steps")}}
+    atomic_write_json(path, row)
+    print(f"    {split} accuracy {m.get('eval/accuracy')}, {m.get('train_time_s', 0):.0f} s", flush=True)
+    return row
+
+
+def _labels(cfg: AccuracyConfig) -> list[str]:
+    wanted = list(GRIDS) if cfg.rows == "all" else [r.strip() for r in cfg.rows.split(";")]
+    unknown = [r for r in wanted if r not in GRIDS]
     if unknown:
-        raise ConfigError(f"unknown row(s) {unknown}; rows: {', '.join(ROWS)}")
+        raise ConfigError(f"unknown row(s) {unknown}; rows: {', '.join(GRIDS)}")
+    return wanted
+
+
+def select(sweep: list[dict[str, Any]]) -> dict[str, float]:
+    """label -> the learning rate with the highest final validation accuracy (ties: the smaller rate)."""
+    best: dict[str, tuple[float, float]] = {}
+    for r in sorted(sweep, key=lambda r: r["lr"]):
+        acc = r.get("eval/accuracy", float("-inf"))
+        if r["label"] not in best or acc > best[r["label"]][0]:
+            best[r["label"]] = (acc, r["lr"])
+    return {k: v[1] for k, v in best.items()}
+
+
+def train_rows(cfg: AccuracyConfig, run_missing: bool = True) -> tuple[list[dict[str, Any]], dict[str, float],
+                                                                        list[dict[str, Any]]]:
+    """The sweep rows, the selected rates and the final rows (missing runs are run when ``run_missing``)."""
+    labels = _labels(cfg)
     seeds = [int(s) for s in str(cfg.seeds).split(",")]
-    jobs = [(label, s, "minilm") for label in wanted
-            for s in (seeds[:1] if label in ONE_SEED_ROWS else seeds)]
-    if cfg.smollm2 and "MEFT1" in wanted:
-        jobs.append(("SmolLM2 MEFT1", seeds[0], "smollm2"))
-    runs = []
-    for i, (label, seed, backbone) in enumerate(jobs, 1):
-        print(f"[{i}/{len(jobs)}] {backbone} {label} seed {seed}", flush=True)
-        m = run(run_config(cfg, label, seed, backbone), progress=False)
-        runs.append({"label": label, "seed": seed, "backbone": backbone, **{
-            k: v for k, v in m.items() if k.startswith(("eval/", "density/", "trainable", "total_params"))
-            or k in ("step_time_s", "train_time_s", "steps")}})
-        print(f"    accuracy {m.get('eval/accuracy')}, {m.get('train_time_s', 0):.0f} s", flush=True)
-    return runs
+
+    def get(phase: str, label: str, lr: float, seed: int) -> dict[str, Any] | None:
+        path = Path(cfg.rows_dir) / f"{run_key(phase, label, lr, seed)}.json"
+        if run_missing:
+            return _run(cfg, phase, label, lr, seed)
+        if path.exists() and (row := json.loads(path.read_text())).get("scale") == scale(cfg):
+            return row
+        return None
+
+    sweep = [r for label in labels for lr in GRIDS[label][1]
+             if (r := get("sweep", label, lr, cfg.sweep_seed)) is not None]
+    chosen = select(sweep)
+    final = [r for seed in seeds for label in labels if label in chosen   # seed-major: every method early
+             if (r := get("final", label, chosen[label], seed)) is not None]
+    return sweep, chosen, final
 
 
-def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and standard deviation over seeds, one row per (backbone, label)."""
-    out: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in runs:
-        key = (r["backbone"], r["label"])
-        out.setdefault(key, {"backbone": r["backbone"], "label": r["label"], "runs": []})["runs"].append(r)
-    rows = []
-    for row in out.values():
-        rs = row.pop("runs")
-        for key in ("eval/accuracy", "eval/macro_f1", "step_time_s", *DENSITY_KEYS):
+def summarise(final: list[dict[str, Any]], sweep: list[dict[str, Any]],
+              chosen: dict[str, float]) -> list[dict[str, Any]]:
+    """Mean and standard deviation over seeds, one row per method, with its sweep."""
+    out = []
+    for label, lr in chosen.items():
+        rs = [r for r in final if r["label"] == label]
+        row: dict[str, Any] = {"label": label, "lr": lr, "seeds": len(rs), "sweep": {
+            f"{r['lr']:g}": r.get("eval/accuracy") for r in sweep if r["label"] == label}}
+        for key in ("eval/accuracy", "eval/macro_f1", "step_time_s"):
             vals = [r[key] for r in rs if r.get(key) is not None]
             if vals:
                 row[key] = statistics.fmean(vals)
                 row[key + "_std"] = statistics.stdev(vals) if len(vals) > 1 else None
-        row.update(seeds=len(rs), trainable_params=rs[0].get("trainable_params"),
-                   trainable_pct=rs[0].get("trainable_pct"))
-        rows.append(row)
-    return rows
+        if rs:
+            row.update(trainable_params=rs[0].get("trainable_params"),
+                       trainable_pct=rs[0].get("trainable_pct"))
+        out.append(row)
+    return out
 
 
 def parse(overrides: list[str]) -> AccuracyConfig:
     cfg = parse_overrides(AccuracyConfig, overrides, "meft_accuracy")
-    if cfg.part not in ("train", "init", "numerics"):
-        raise ConfigError(f"part must be train, init or numerics, got '{cfg.part}'")
+    if cfg.part not in ("train", "report", "init", "numerics"):
+        raise ConfigError(f"part must be train, report, init or numerics, got '{cfg.part}'")
     return cfg
 
 
@@ -145,9 +197,10 @@ def main(overrides: list[str]) -> int:
     torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
     command = "peftkit bench meft_accuracy " + " ".join(overrides)
-    if cfg.part == "train":
-        runs = train_rows(cfg)
-        paths = meft_report.write_accuracy(cfg, summarise(runs), runs, time.perf_counter() - t0, command)
+    if cfg.part in ("train", "report"):
+        sweep, chosen, final = train_rows(cfg, run_missing=cfg.part == "train")
+        paths = meft_report.write_accuracy(cfg, summarise(final, sweep, chosen), sweep + final,
+                                           time.perf_counter() - t0, command)
     else:
         from peftkit.bench import meft_numerics as num
 

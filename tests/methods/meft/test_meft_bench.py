@@ -3,6 +3,9 @@ rows are combined, bad overrides. The measurements themselves are exercised by t
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
 import peftkit as pk
@@ -48,24 +51,39 @@ def test_peak_table_is_relative_to_full_ft_at_the_same_depth() -> None:
     assert out[2]["peak_vs_full"] is None
 
 
-def test_accuracy_summary_mean_and_std() -> None:
-    runs = [{"backbone": "minilm", "label": "MEFT1", "eval/accuracy": a, "trainable_params": 7}
-            for a in (0.8, 0.9)]
-    runs.append({"backbone": "smollm2", "label": "SmolLM2 MEFT1", "eval/accuracy": 0.5})
-    rows = {r["label"]: r for r in acc.summarise(runs)}
+def test_accuracy_selection_on_validation_and_summary() -> None:
+    sweep = [{"label": "MEFT1", "lr": lr, "eval/accuracy": a} for lr, a in [(1e-3, 0.8), (3e-3, 0.9)]]
+    sweep += [{"label": "LoRA r=8", "lr": lr, "eval/accuracy": 0.7} for lr in (3e-3, 1e-3)]  # tie: smaller
+    chosen = acc.select(sweep)
+    assert chosen == {"MEFT1": 3e-3, "LoRA r=8": 1e-3}
+    final = [{"label": "MEFT1", "lr": 3e-3, "eval/accuracy": a, "trainable_params": 7} for a in (0.8, 0.9)]
+    rows = {r["label"]: r for r in acc.summarise(final, sweep, chosen)}
     assert rows["MEFT1"]["eval/accuracy"] == pytest.approx(0.85)
     assert rows["MEFT1"]["eval/accuracy_std"] == pytest.approx(0.0707107, rel=1e-5)
-    assert rows["MEFT1"]["seeds"] == 2 and rows["SmolLM2 MEFT1"]["eval/accuracy_std"] is None
+    assert rows["MEFT1"]["seeds"] == 2 and rows["MEFT1"]["sweep"] == {"0.001": 0.8, "0.003": 0.9}
+    assert rows["LoRA r=8"]["seeds"] == 0 and "eval/accuracy" not in rows["LoRA r=8"]
 
 
-def test_accuracy_run_configs_share_the_schedule() -> None:
+def test_accuracy_run_configs_share_the_schedule_and_sweep_reads_no_test() -> None:
     cfg = acc.AccuracyConfig(max_train_examples=64, max_length=64)
-    a, b = acc.run_config(cfg, "MEFT2", 1), acc.run_config(cfg, "full FT", 1)
+    a, b = acc.run_config(cfg, "MEFT2", 1e-3, 1, "val"), acc.run_config(cfg, "full FT", 5e-5, 1, "test")
     assert a.data == b.data and a.train.epochs == b.train.epochs and a.train.batch_size == b.train.batch_size
     assert a.method_configs() == [pk.MEFT(variant="meft2")]
     assert a.train.lr == 1e-3 and b.train.lr == 5e-5
-    smol = acc.run_config(cfg, "SmolLM2 MEFT1", 0, backbone="smollm2")
-    assert smol.method_configs()[0].anchor_every == 6 and smol.train.eval_split == "val"
+    assert a.train.eval_split == "val" and b.train.eval_split == "test"
+    assert acc.run_key("sweep", "LoRA r=8", 1e-3, 0) == "sweep__lora_r_8__lr0.001__s0"
+
+
+def test_accuracy_stored_rows_are_reused(tmp_path: Any) -> None:
+    cfg = acc.AccuracyConfig(rows_dir=str(tmp_path), rows="MEFT1", seeds="0")
+    for phase, lr, a in [("sweep", 1e-3, 0.5), ("sweep", 3e-3, 0.7), ("final", 3e-3, 0.8)]:
+        row = {"phase": phase, "label": "MEFT1", "lr": lr, "seed": 0, "scale": acc.scale(cfg),
+               "eval/accuracy": a}
+        (tmp_path / f"{acc.run_key(phase, 'MEFT1', lr, 0)}.json").write_text(json.dumps(row))
+    sweep, chosen, final = acc.train_rows(cfg)  # everything stored: nothing is trained
+    assert chosen == {"MEFT1": 3e-3} and [r["eval/accuracy"] for r in final] == [0.8]
+    other = acc.AccuracyConfig(rows_dir=str(tmp_path), rows="MEFT1", seeds="0", epochs=9)
+    assert acc.train_rows(other, run_missing=False) == ([], {}, [])  # another scale: not mixed in
 
 
 @pytest.mark.parametrize("bad", [["nope=1"], ["depths"], ["batch_size=x"]])
