@@ -3,11 +3,14 @@
     peftkit list                                   methods, backbones, datasets, benchmarks
     peftkit train CONFIG [k=v ...] [--resume RUN] [--overwrite]  one run (torchrun-aware)
     peftkit eval RUN_DIR [--split test|val]        evaluate a saved run
+    peftkit predict RUN_DIR --text "..." | --file F.csv [--out P.csv]   classify new texts with a run
     peftkit bench NAME [k=v ...]                   a benchmark (peftkit.bench.BENCHES)
     peftkit pretrain CONFIG [k=v ...]              Point-MAE pretraining
     peftkit point-bank CONFIG [k=v ...]            Point-PEFT memory bank
     peftkit data kicad [k=v ...]                   extract the KiCad 3D dataset
 
+``--import mypackage.mymodule`` (train, eval, predict, bench; repeatable) imports a module first, so the
+backbones, datasets and methods it registers can be named in the config.
 Options and ``key=value`` overrides may come in any order (``peftkit train CFG --no-progress out_dir=x``).
 Errors a user can cause (PeftkitError, a missing or unwritable file, a full disk, bad YAML) print one line
 ``peftkit: error: ...`` on stderr and exit 2; Ctrl-C exits 130. This module is the top of the package: it
@@ -140,6 +143,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from peftkit.recipes.predict import run_predict
+
+    preds, out = run_predict(args.run_dir, texts=args.text or (), file=args.file, out=args.out,
+                             column=args.column, batch_size=args.batch_size, progress=not args.no_progress)
+    if out is None:
+        for p in preds:
+            print(f"{p.label}\t{p.score:.4f}\t{p.text}")
+    else:
+        print(f"peftkit: {len(preds)} predictions in {out}")
+    return 0
+
+
+def _import_user_modules(modules: Sequence[str]) -> None:
+    """``--import`` modules: they register their own backbones, datasets or methods when imported."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            raise ConfigError(
+                f"--import {name}: module '{e.name}' not found; make it importable (pip install -e it, or "
+                "add its folder to PYTHONPATH)"
+            ) from None
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from peftkit.bench import BENCHES
 
@@ -188,6 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", choices=("test", "val"), default="test")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(fn=cmd_eval)
+    pr = sub.add_parser("predict", help="classify texts with a finished run (CSV out)")
+    pr.add_argument("run_dir")
+    pr.add_argument("--text", action="append", help="a text to classify (repeatable)")
+    pr.add_argument("--file", help="a CSV / TSV / JSONL file of texts")
+    pr.add_argument("--column", default="text", help="the text column of --file (default: text)")
+    pr.add_argument("--out", help="the CSV to write (default: beside --file as NAME.predictions.csv)")
+    pr.add_argument("--batch-size", type=int, default=32)
+    pr.add_argument("--no-progress", action="store_true")
+    pr.set_defaults(fn=cmd_predict)
     b = sub.add_parser("bench", help="run a benchmark")
     b.add_argument("name")
     b.add_argument("overrides", nargs="*")
@@ -204,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("name")
     d.add_argument("overrides", nargs="*")
     d.set_defaults(fn=cmd_data)
+    for cmd in (t, e, pr, b):
+        cmd.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                         help="import MODULE first (it registers your backbones / datasets / methods)")
     p.commands = dict(sub.choices)
     return p
 
@@ -240,6 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # each command parses its own options intermixed with the key=value overrides
         args = parser.commands[argv[0]].parse_intermixed_args(argv[1:])
         args.command = argv[0]
+        _import_user_modules(getattr(args, "imports", []))
         return int(args.fn(args))
     except KeyboardInterrupt:
         print("peftkit: interrupted", file=sys.stderr)
