@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from peftkit.core.configs import config_from_dict, config_to_dict
+from peftkit.core.configs import coerce_scalar, config_to_dict, method_configs
 from peftkit.core.errors import ConfigError
 from peftkit.train.overrides import apply_overrides, parse_value
 
@@ -95,68 +93,11 @@ class RunConfig:
         }
 
     def method_configs(self) -> list[Any]:
-        """The method config dataclasses, in stack order."""
-        from peftkit.core.registry import get_method
-
-        out = []
-        for i, m in enumerate(self.methods):
-            cls = get_method(str(m["name"])).config_cls
-            hints = typing.get_type_hints(cls)
-            fields = {
-                k: _coerce(v, hints[k], f"methods.{i}.{k} ({m['name']})") if k in hints else v
-                for k, v in m.items()
-                if k != "name"
-            }
-            out.append(config_from_dict(cls, fields, where=f"methods[{i}]"))
-        return out
+        """The method config dataclasses, in stack order (typed fields checked by ``coerce_scalar``)."""
+        return method_configs(self.methods)
 
 
 # ---- typed values ------------------------------------------------------------------------------------------
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check ``value`` against a simple type hint; numeric strings become numbers (YAML reads 1e-4 as str)."""
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        hint = next(a for a in args if a is not type(None))
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where} must be bool (true or false), got {value!r}")
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{where} must be int (a whole number), got {value!r}")
-    elif hint is float:
-        number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                pass
-        if number is not None and math.isfinite(number):
-            return number
-        if number is not None:
-            raise ConfigError(f"{where} must be float (a finite number), got {value!r}")
-        raise ConfigError(f"{where} must be float (a number), got {value!r}")
-    elif typing.get_origin(hint) in (tuple, list) and set(typing.get_args(hint)) <= {str, Ellipsis}:
-        items = [value] if isinstance(value, str) else value
-        if isinstance(items, (list, tuple)) and all(isinstance(v, str) for v in items):
-            return tuple(items) if typing.get_origin(hint) is tuple else list(items)
-        raise ConfigError(f"{where} must be a list of names, got {value!r}")
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)  # out_dir=2024
-        raise ConfigError(f"{where} must be str (text), got {value!r}")
-    return value
 
 
 def _train_from_dict(values: dict[str, Any]) -> TrainConfig:
@@ -165,7 +106,7 @@ def _train_from_dict(values: dict[str, Any]) -> TrainConfig:
     unknown = sorted(set(values) - set(names))
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in train; valid keys: {', '.join(names)}")
-    cfg = TrainConfig(**{k: _coerce(v, hints[k], f"train.{k}") for k, v in values.items()})
+    cfg = TrainConfig(**{k: coerce_scalar(v, hints[k], f"train.{k}") for k, v in values.items()})
     if cfg.schedule not in SCHEDULES:
         raise ConfigError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got '{cfg.schedule}'")
     if cfg.eval_split not in EVAL_SPLITS:
@@ -200,7 +141,7 @@ def _check_kwargs(fn: Any, kwargs: dict[str, Any], fixed: set[str], section: str
         return
     for k, v in kwargs.items():
         if k in hints and hints[k] in (int, float, bool, str, int | None, float | None, str | None):
-            kwargs[k] = _coerce(v, hints[k], f"{section}.{k}")
+            kwargs[k] = coerce_scalar(v, hints[k], f"{section}.{k}")
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return  # the builder forwards extra keywords (e.g. to a model config): it checks them itself
     valid = [
@@ -245,9 +186,11 @@ def config_from_dict_tree(tree: dict[str, Any]) -> RunConfig:
         raise ConfigError("backbone.num_labels is filled from the data; remove it (set data options instead)")
     _check_kwargs(get_backbone(bcfg.name), bcfg.kwargs, {"task", "num_labels"}, "backbone", bcfg.name)
     _check_kwargs(get_dataset(dcfg.name), dcfg.kwargs, {"backbone", "seed"}, "data", dcfg.name)
+    if tree.get("out_dir", RunConfig.out_dir) in (None, ""):
+        raise ConfigError("out_dir is empty; give the run its own directory, e.g. out_dir=runs/my_run")
     cfg = RunConfig(
-        out_dir=_coerce(tree.get("out_dir", RunConfig.out_dir), str, "out_dir"),
-        seed=_coerce(tree.get("seed", 0), int, "seed"),
+        out_dir=coerce_scalar(tree.get("out_dir", RunConfig.out_dir), str, "out_dir"),
+        seed=coerce_scalar(tree.get("seed", 0), int, "seed"),
         backbone=bcfg,
         data=dcfg,
         methods=[dict(m) for m in methods],
