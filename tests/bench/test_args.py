@@ -28,8 +28,8 @@ def test_values_are_typed() -> None:
 @pytest.mark.parametrize("item,msg", [
     ("sedes=2", r"bench t: unknown option 'sedes=2'; options: limit, lr, out_dir, reuse, seeds"),
     ("seeds", r"unknown option 'seeds'"),
-    ("seeds=2.5", r"seeds must be int, got 2.5"),
-    ("lr=fast", r"lr must be float, got 'fast'"),
+    ("seeds=2.5", r"seeds must be int \(a whole number\), got 2.5"),
+    ("lr=fast", r"lr must be float \(a number\), got 'fast'"),
 ])
 def test_bad_options(item: str, msg: str) -> None:
     with pytest.raises(pk.ConfigError, match=msg):

@@ -36,13 +36,14 @@ def test_yaml_float_strings_become_floats() -> None:
     cfg = config_from_dict(pk.DEFT, {"eps": "1e-7", "weight": 2})
     assert cfg.eps == 1e-7 and type(cfg.weight) is float and cfg.weight == 2.0
     assert config_from_dict(pk.Adapter, {"init_scale": "5e-3"}).init_scale == 5e-3
-    with pytest.raises(pk.ConfigError, match=r"Adapter.init_scale must be float, got 'tiny'"):
+    with pytest.raises(pk.ConfigError, match=r"Adapter.init_scale must be float \(a number\), got 'tiny'"):
         config_from_dict(pk.Adapter, {"init_scale": "tiny"})
 
 
 @pytest.mark.parametrize("value,hint,want", [
     ("1e-4", float, 1e-4), (3, float, 3.0), (4.0, int, 4), (True, bool, True), (2024, str, "2024"),
     (None, int | None, None), ("2e-3", float | None, 2e-3), ([1, 2], list[int], [1, 2]),
+    ("mlp_out", tuple[str, ...], ("mlp_out",)), (["a", "b"], list[str], ["a", "b"]),
 ])
 def test_coerce_scalar_accepts(value: object, hint: object, want: object) -> None:
     got = coerce_scalar(value, hint, "train.x")
@@ -50,9 +51,15 @@ def test_coerce_scalar_accepts(value: object, hint: object, want: object) -> Non
 
 
 @pytest.mark.parametrize("value,hint,msg", [
-    ("fast", float, "train.x must be float, got 'fast'"), (4.5, int, "train.x must be int, got 4.5"),
-    (True, int, "train.x must be int, got True"), (1, bool, "train.x must be bool, got 1"),
-    (None, float, "train.x must be float, got None"), (False, float, "train.x must be float, got False"),
+    ("fast", float, "train.x must be float (a number), got 'fast'"),
+    ("inf", float, "train.x must be float (a finite number), got 'inf'"),
+    (4.5, int, "train.x must be int (a whole number), got 4.5"),
+    (True, int, "train.x must be int (a whole number), got True"),
+    (1, bool, "train.x must be bool (true or false), got 1"),
+    (None, float, "train.x must be float (a number), got None"),
+    (False, float, "train.x must be float (a number), got False"),
+    ([1], tuple[str, ...], "train.x must be a list of names, got [1]"),
+    (None, str, "train.x must be str (text), got None"),
 ])
 def test_coerce_scalar_rejects(value: object, hint: object, msg: str) -> None:
     with pytest.raises(pk.ConfigError) as e:
@@ -70,6 +77,8 @@ def test_method_configs_in_stack_order() -> None:
     (["lora"], r"methods\[0\] has no 'name'"),
     ([{"name": "lora"}, {"name": "loar"}], r"unknown method 'loar'; choose one of: .*lora"),
     ([{"name": "lora", "rnak": 2}], r"unknown key\(s\) \['rnak'\] in methods\[0\] for LoRA"),
+    ([{"name": "deft"}, {"name": "lora", "rank": "8"}],
+     r"methods.1.rank \(lora\) must be int \(a whole number\)"),
 ])
 def test_method_configs_errors(methods: list, msg: str) -> None:
     with pytest.raises(pk.ConfigError, match=msg):

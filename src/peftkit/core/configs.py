@@ -8,6 +8,7 @@ turn a numeric string into a float where the field is a float, so no reader need
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any
@@ -25,51 +26,69 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return out
 
 
-def _strip_optional(hint: Any) -> tuple[Any, bool]:
-    """(the first non-None member of a union, whether ``None`` is allowed); other hints unchanged."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        return next(a for a in args if a is not type(None)), type(None) in args
-    return hint, False
-
-
 def coerce_scalar(value: Any, hint: Any, where: str) -> Any:
-    """Check ``value`` against a scalar hint: ``bool``, ``int``, ``float`` or ``str`` (``| None`` allowed).
+    """Check ``value`` against a simple type hint and return it in that type.
 
-    Numbers become floats for ``float`` (numeric strings too: YAML reads ``1e-4`` as a string), integral
-    floats become ints for ``int``, numbers become strings for ``str`` (``out_dir=2024``); other hints pass
-    the value through unchanged.
+    ``bool``, ``int`` (integral floats become ints), ``float`` (numbers and numeric strings -- YAML reads
+    ``1e-4`` as a string -- must be finite), ``str`` (numbers become text: ``out_dir=2024``), a tuple or list
+    of names (one name becomes a one-item sequence), each optionally ``| None``; other hints pass the value
+    through unchanged.
 
     Raises:
-        ConfigError: ``"{where} must be {type}, got {value!r}"``.
+        ConfigError: ``"{where} must be {type} (...), got {value!r}"``.
     """
-    hint, optional = _strip_optional(hint)
-    if value is None and optional:
-        return None
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
     if hint is bool:
         if isinstance(value, bool):
             return value
-    elif hint is int:
+        raise ConfigError(f"{where} must be bool (true or false), got {value!r}")
+    if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif hint is str:
+        raise ConfigError(f"{where} must be int (a whole number), got {value!r}")
+    if hint is float:
+        return _float(value, where)
+    if typing.get_origin(hint) in (tuple, list) and set(typing.get_args(hint)) <= {str, Ellipsis}:
+        items = [value] if isinstance(value, str) else value
+        if isinstance(items, (list, tuple)) and all(isinstance(v, str) for v in items):
+            return tuple(items) if typing.get_origin(hint) is tuple else list(items)
+        raise ConfigError(f"{where} must be a list of names, got {value!r}")
+    if hint is str:
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-    else:
-        return value
-    raise ConfigError(f"{where} must be {getattr(hint, '__name__', hint)}, got {value!r}")
+        raise ConfigError(f"{where} must be str (text), got {value!r}")
+    return value
+
+
+def _float(value: Any, where: str) -> float:
+    number = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    if number is not None and math.isfinite(number):
+        return number
+    if number is not None:
+        raise ConfigError(f"{where} must be float (a finite number), got {value!r}")
+    raise ConfigError(f"{where} must be float (a number), got {value!r}")
+
+
+def _is_float(hint: Any) -> bool:
+    """Whether ``hint`` is ``float`` or ``float | None``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return set(typing.get_args(hint)) == {float, type(None)}
+    return hint is float
 
 
 def config_from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
@@ -89,7 +108,7 @@ def config_from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
     kwargs = {}
     for k, v in values.items():
         hint = hints.get(k)
-        if _strip_optional(hint)[0] is float:
+        if _is_float(hint):
             v = coerce_scalar(v, hint, f"{cls.__name__}.{k}")
         kwargs[k] = tuple(v) if isinstance(v, list) and "tuple" in str(hint) else v
     try:
@@ -108,6 +127,9 @@ def method_config(name: str, values: dict[str, Any], where: str = "") -> Any:
 def method_configs(methods: list[dict[str, Any]], where: str = "methods") -> list[Any]:
     """Method dicts in stack order (``[{name: lora, rank: 8}, {name: deft}]``) -> config dataclasses.
 
+    Each typed field is checked with :func:`coerce_scalar` first (so ``rank: "8"`` from a command line is an
+    error naming ``methods.0.rank (lora)``), then the config class checks its own values.
+
     Raises:
         ConfigError: an entry that is not a mapping with a ``name``, an unknown method (the message lists the
             registered ones), an unknown field (it lists the valid ones) or a bad value.
@@ -116,8 +138,12 @@ def method_configs(methods: list[dict[str, Any]], where: str = "methods") -> lis
     for i, entry in enumerate(methods):
         if not isinstance(entry, dict) or "name" not in entry:
             raise ConfigError(f"{where}[{i}] has no 'name'; e.g. {{name: lora, rank: 8}}")
-        fields = {k: v for k, v in entry.items() if k != "name"}
-        out.append(method_config(entry["name"], fields, where=f"{where}[{i}]"))
+        name = str(entry["name"])
+        cls = get_method(name).config_cls
+        hints = typing.get_type_hints(cls)
+        fields = {k: coerce_scalar(v, hints[k], f"{where}.{i}.{k} ({name})") if k in hints else v
+                  for k, v in entry.items() if k != "name"}
+        out.append(config_from_dict(cls, fields, where=f"{where}[{i}]"))
     return out
 
 

@@ -186,8 +186,6 @@ def config_from_dict_tree(tree: dict[str, Any]) -> RunConfig:
         raise ConfigError("backbone.num_labels is filled from the data; remove it (set data options instead)")
     _check_kwargs(get_backbone(bcfg.name), bcfg.kwargs, {"task", "num_labels"}, "backbone", bcfg.name)
     _check_kwargs(get_dataset(dcfg.name), dcfg.kwargs, {"backbone", "seed"}, "data", dcfg.name)
-    if tree.get("out_dir", RunConfig.out_dir) in (None, ""):
-        raise ConfigError("out_dir is empty; give the run its own directory, e.g. out_dir=runs/my_run")
     cfg = RunConfig(
         out_dir=coerce_scalar(tree.get("out_dir", RunConfig.out_dir), str, "out_dir"),
         seed=coerce_scalar(tree.get("seed", 0), int, "seed"),
