@@ -39,6 +39,7 @@ def test_adapter_config_records_the_class_names(run_dir: Path) -> None:
 
     cfg = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
     assert cfg["id2label"] == {"0": "neg", "1": "pos"}
+    assert (run_dir / "metrics.png").read_bytes()[:4] == b"\x89PNG"          # every run draws its metrics
 
 
 def test_predict_texts_matches_the_model(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -38,6 +38,7 @@ from peftkit.train.checkpointing import load_checkpoint, new_trainer_state, save
 from peftkit.train.config import RunConfig, dump_config, load_config
 from peftkit.train.evaluate import evaluate, logits_of, split_batch, task_loss
 from peftkit.train.optim import build_optimizer, build_scheduler, clip_grad
+from peftkit.train.plots import plot_metrics
 from peftkit.train.resume import resumed_config
 from peftkit.train.rundir import RunLock, check_out_dir, clean_run_orphans, start_run_dir
 from peftkit.train.runlog import RunLog, val_summary
@@ -300,5 +301,6 @@ class _Run:
             )
             pk.save_adapter(self.model, self.out / "adapter")
             self.log.summary(summary)
+            plot_metrics(self.out)  # metrics.png: losses and validation metrics from metrics.jsonl
         self.log.close()
         return distributed.broadcast(summary, self.env)
