@@ -12,11 +12,11 @@ import peftkit as pk
 from peftkit.bench._subproc import _child, measure_fresh, measure_step
 from peftkit.bench.memory import (
     StepSpec,
-    method_configs,
     saved_activation_bytes,
     saved_activations,
     synthetic_batch,
 )
+from peftkit.core.configs import method_configs
 
 F32 = 4
 

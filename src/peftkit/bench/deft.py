@@ -71,7 +71,8 @@ def parse_overrides(overrides: list[str]) -> DeftBenchConfig:
     """``key=value`` strings -> DeftBenchConfig (YAML scalars; unknown keys raise ConfigError)."""
     import typing
 
-    from peftkit.train.config import _coerce, parse_value
+    from peftkit.core.configs import coerce_scalar
+    from peftkit.train.overrides import parse_value
 
     cfg = DeftBenchConfig()
     hints = typing.get_type_hints(DeftBenchConfig)
@@ -79,7 +80,7 @@ def parse_overrides(overrides: list[str]) -> DeftBenchConfig:
         key, sep, text = item.partition("=")
         if not sep or key not in hints:
             raise ConfigError(f"bad deft bench override '{item}'; keys: {', '.join(hints)}")
-        setattr(cfg, key, _coerce(parse_value(text), hints[key], key))
+        setattr(cfg, key, coerce_scalar(parse_value(text), hints[key], key))
     unknown = sorted(set(_pairs(cfg)) - set(PAIRS))
     if unknown:
         raise ConfigError(f"unknown pair(s) {unknown}; choose from {', '.join(PAIRS)}")

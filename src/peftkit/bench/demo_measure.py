@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from peftkit.bench.memory import StepSpec, default_loss_for, method_configs, model_inputs, synthetic_batch
+from peftkit.bench.memory import StepSpec, default_loss_for, model_inputs, synthetic_batch
+from peftkit.core.configs import method_configs
 
 KEEP = ("trainable_params", "total_params", "trainable_pct", "step_time_s", "train_time_s")
 

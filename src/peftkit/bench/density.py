@@ -39,7 +39,8 @@ class DensityBenchConfig:
 def parse_overrides(overrides: list[str]) -> DensityBenchConfig:
     import typing
 
-    from peftkit.train.config import _coerce, parse_value
+    from peftkit.core.configs import coerce_scalar
+    from peftkit.train.overrides import parse_value
 
     cfg = DensityBenchConfig()
     hints = typing.get_type_hints(DensityBenchConfig)
@@ -48,7 +49,7 @@ def parse_overrides(overrides: list[str]) -> DensityBenchConfig:
         if not sep or key not in hints:
             raise ConfigError(f"bad density bench override '{item}'; keys: {', '.join(hints)}")
         value = text if key in ("run_dir", "out_dir", "dtypes", "split") else parse_value(text)
-        setattr(cfg, key, _coerce(value, hints[key], key))
+        setattr(cfg, key, coerce_scalar(value, hints[key], key))
     if not cfg.run_dir:
         raise ConfigError("peftkit bench density needs run_dir=RUN (a directory written by peftkit train)")
     if not (Path(cfg.run_dir) / "config.yaml").is_file() or not (Path(cfg.run_dir) / "adapter").is_dir():

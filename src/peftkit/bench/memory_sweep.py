@@ -89,8 +89,9 @@ def build(cfg: SweepConfig, label: str, arch: str, depth: int,
           length: int) -> tuple[nn.Module, dict[str, Any]]:
     """The model (methods applied, train mode, on the device) and the fixed batch of one grid point."""
     import peftkit as pk
-    from peftkit.bench.memory import method_configs, synthetic_batch
+    from peftkit.bench.memory import synthetic_batch
     from peftkit.bench.random_bert import VOCAB, build_bench_bert
+    from peftkit.core.configs import method_configs
 
     spec = step_spec(cfg, label, arch, depth, length)
     torch.manual_seed(spec.seed)
