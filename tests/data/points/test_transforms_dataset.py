@@ -86,31 +86,62 @@ def test_synthetic_dataset_batches_train_a_model() -> None:
         d.collate([bad])
 
 
-def test_kicad_dataset_from_a_fake_cache(tmp_path: Path) -> None:
-    split = K.load_split()
+def _fake_cache(tmp_path: Path, split: dict, per_part: int = 3) -> None:
     rng = np.random.default_rng(0)
-    for part in ("train", "test"):
+    for part in ("train", "val", "test"):
         for lib in split["classes"][:2]:
-            for name in split[part][lib][:3]:
+            for name in split[part][lib][:per_part]:
                 save_cloud(
                     tmp_path / "kicad" / "clouds_256" / lib / f"{name}.npz",
                     rng.normal(size=(256, 3)).astype(np.float32),
                     np.zeros(256),
                     ["x"],
                 )
+
+
+def test_kicad_dataset_from_a_fake_cache(tmp_path: Path) -> None:
+    split = K.load_split()
+    _fake_cache(tmp_path, split)
     d = get_dataset("kicad")(backbone="tiny_point", seed=0, stored_points=256, cache=str(tmp_path))
-    assert (
-        len(d.train) == 6 and len(d.test) == 6 and d.val is d.test and d.num_labels == len(split["classes"])
+    val_names = {n for lib in split["classes"][:2] for n in split["val"][lib][:3]}
+    train_names = {n for lib in split["classes"][:2] for n in split["train"][lib][:3]}
+    assert not val_names & train_names or len(d.train) < 6         # val models never train
+    assert len(d.val) == 6 and len(d.test) == 6 and d.val is not d.test
+    assert d.num_labels == len(split["classes"])
+    assert d.collate([d.train[0], d.train[len(d.train) - 1]])["labels"].tolist() == [0, 1]
+    whole = get_dataset("kicad")(
+        backbone="tiny_point", seed=0, stored_points=256, cache=str(tmp_path), val="none"
     )
-    assert d.collate([d.train[0], d.train[4]])["labels"].tolist() == [0, 1]
-    assert (
-        get_dataset("kicad")(
-            backbone="tiny_point", seed=0, stored_points=256, cache=str(tmp_path), val="none"
-        ).val
-        is None
-    )
+    assert whole.val is None and len(whole.train) >= len(d.train)
     with pytest.raises(DataError, match="peftkit data kicad"):
         get_dataset("kicad")(backbone="tiny_point", seed=0, stored_points=512, cache=str(tmp_path))
+
+
+def test_kicad_refuses_selection_on_test_and_too_small_clouds(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not allowed"):
+        get_dataset("kicad")(backbone="tiny_point", val="test", cache=str(tmp_path))
+    with pytest.raises(ConfigError, match="too small for num_points=1024"):
+        get_dataset("kicad")(num_points=1024, stored_points=1024, cache=str(tmp_path))
+
+
+def test_a_val_split_sharing_families_with_test_is_refused(tmp_path: Path) -> None:
+    split = K.load_split()
+    lib = split["classes"][0]
+    split["val"][lib] = split["val"][lib] + split["test"][lib][:1]   # a test family leaks into val
+    bad = tmp_path / "split.json"
+    bad.write_text(json.dumps(split))
+    with pytest.raises(DataError, match="val and test splits share footprint families"):
+        get_dataset("kicad")(backbone="tiny_point", split_file=str(bad), cache=str(tmp_path))
+
+
+def test_carved_val_is_fixed_family_disjoint_and_about_a_fifth() -> None:
+    split = K.load_split()
+    assert split["val"] == K.carve_val(split)                         # the shipped val is the documented rule
+    for lib in split["classes"]:
+        val, train = set(split["val"][lib]), set(split["train"][lib])
+        assert val < train
+        assert not {K.family(n) for n in val} & {K.family(n) for n in train - val}, lib
+        assert 0.1 <= len(val) / len(train) <= 0.4, lib
 
 
 def test_shipped_split_is_family_disjoint() -> None:

@@ -52,6 +52,8 @@ CLASSES = (
 )
 MAX_PER_CLASS = 100  # caps the big libraries so classes are balanced and CPU runs stay short
 TEST_FRACTION = 0.25  # target share of test models per class (whole families only)
+VAL_FRACTION = 0.2  # share of each library's train models carved out (whole families) for validation
+VAL_SEED = 0
 DEFAULT_POINTS = 2048  # stored points per model (FPS order); training takes FPS 1.2 * 1024 -> random 1024
 
 
@@ -62,6 +64,20 @@ def family(name: str) -> str:
 
 def _stable_seed(text: str) -> int:
     return zlib.crc32(text.encode())
+
+
+def _pick_families(models: list[str], fraction: float, rng: np.random.Generator) -> list[str]:
+    """Whole families (in a seeded random order) until about ``fraction`` of ``models`` is picked."""
+    fams: dict[str, list[str]] = defaultdict(list)
+    for m in models:
+        fams[family(m)].append(m)
+    order = sorted(fams)
+    rng.shuffle(order)
+    target, picked = fraction * len(models), []
+    for f in order:
+        if len(picked) < target and len(picked) + len(fams[f]) <= 2 * target and len(fams) > 1:
+            picked.extend(fams[f])
+    return sorted(picked)
 
 
 def make_split(
@@ -80,26 +96,53 @@ def make_split(
         rng = np.random.default_rng(seed + _stable_seed(lib))
         if len(models) > cap:
             models = sorted(rng.choice(models, cap, replace=False).tolist())
-        fams: dict[str, list[str]] = defaultdict(list)
-        for m in models:
-            fams[family(m)].append(m)
-        order = sorted(fams)
-        rng.shuffle(order)
-        target, test = test_fraction * len(models), []
-        for f in order:
-            if len(test) < target and len(test) + len(fams[f]) <= 2 * target and len(fams) > 1:
-                test.extend(fams[f])
+        test = _pick_families(models, test_fraction, rng)
         split["train"][lib] = sorted(set(models) - set(test))
-        split["test"][lib] = sorted(test)
+        split["test"][lib] = test
     return split
 
 
+def carve_val(split: dict, fraction: float = VAL_FRACTION, seed: int = VAL_SEED) -> dict[str, list[str]]:
+    """A validation split carved from ``split["train"]``: whole footprint families, about ``fraction``
+    of each library's train models, deterministic for ``seed``. Training uses train minus val."""
+    val = {}
+    for lib in split["classes"]:
+        rng = np.random.default_rng(seed + _stable_seed("val/" + lib))
+        val[lib] = _pick_families(sorted(split["train"][lib]), fraction, rng)
+    return val
+
+
+def check_split(split: dict) -> None:
+    """DataError (one line) unless train, val (if any) and test share no model and no family."""
+    parts = [p for p in ("train", "val", "test") if p in split]
+    for lib in split["classes"]:
+        fams = {p: {family(n) for n in split[p].get(lib, [])} for p in parts}
+        if "val" in split:
+            fams["train"] -= fams["val"]  # training uses train minus val
+        for i, a in enumerate(parts):
+            for b in parts[i + 1 :]:
+                shared = fams[a] & fams[b]
+                if shared:
+                    raise DataError(
+                        f"the KiCad {a} and {b} splits share footprint families in {lib} "
+                        f"(e.g. '{sorted(shared)[0]}'); carve the val split from train families only"
+                    )
+
+
 def load_split(path: Path = SPLIT_FILE) -> dict:
-    """The shipped split: ``{"classes": [...], "train": {lib: [names]}, "test": {lib: [names]}}``."""
+    """The shipped split: ``{"classes", "train", "val", "test"}`` (lib -> names; val is part of train).
+
+    Raises:
+        DataError: unreadable file, or splits that share a footprint family.
+    """
     try:
-        return json.loads(path.read_text())
+        split = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise DataError(f"cannot read the KiCad split {path}: {e}") from None
+    if not isinstance(split, dict) or not {"classes", "train", "test"} <= set(split):
+        raise DataError(f"{path} is not a KiCad split (needs classes, train and test)")
+    check_split(split)
+    return split
 
 
 def fetch_deb(cache: Path) -> Path:
