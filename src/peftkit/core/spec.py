@@ -6,7 +6,8 @@ DEFT, MEFT, LoRA and the adapters run unchanged on BERT, Llama, T5 and the point
 Roles inside a block (paths relative to one block):
     attn            the whole attention sub-block (self-attention incl. its output projection)
     attn_q/k/v      query / key / value projections (nn.Linear)
-    attn_qkv        a fused qkv projection (point transformer)
+    attn_qkv        a fused qkv projection (point transformer, GPT-2's c_attn); a method that asks for
+                    attn_q / attn_k / attn_v on such a backbone adapts it (``BackboneSpec.target_role``)
     attn_out        attention output projection
     attn_norm       the norm applied around attention (pre-LN: before; post-LN: after the residual)
     mlp             the whole feed-forward sub-block
@@ -14,7 +15,12 @@ Roles inside a block (paths relative to one block):
     mlp_act         the activation module of the FFN (DEFT observes its output)
     mlp_out         last FFN projection
     mlp_norm        the norm around the FFN
-Model-level roles (paths from the model root): embeddings, final_norm, head.
+Model-level roles (paths from the model root): embeddings, final_norm, and family-specific ones
+(rotary for Llama; pos_embed and the parameters cls_token / cls_pos for the point transformer). The task head
+is ``BackboneSpec.head``.
+
+A model without an attached spec is described by the first registered spec resolver that recognises it
+(:func:`register_spec_resolver`; the transformers backbone registers one that reads ``config.model_type``).
 """
 
 from __future__ import annotations
@@ -79,6 +85,14 @@ class BackboneSpec:
         stacks = self.stacks if stack is None else (self.stack(stack),)
         return any(role in s.roles for s in stacks)
 
+    def target_role(self, role: str) -> str:
+        """The role a method that adapts a projection should use for ``role``: the role itself, or the fused
+        projection that holds it (``attn_q`` -> ``attn_qkv`` on a backbone with a fused qkv layer), so the
+        same method defaults work on every family. Unknown roles come back unchanged."""
+        if not self.has_role(role) and role in FUSED_ROLES and self.has_role(FUSED_ROLES[role]):
+            return FUSED_ROLES[role]
+        return role
+
     def role_paths(self, model: nn.Module, role: str, stack: str | None = None) -> list[str]:
         """Concrete module paths of ``role`` in every block (of one stack, or of all stacks).
 
@@ -106,6 +120,9 @@ class BackboneSpec:
             )
         return self.model_roles[role]
 
+
+# roles that some families compute inside one fused projection
+FUSED_ROLES = {"attn_q": "attn_qkv", "attn_k": "attn_qkv", "attn_v": "attn_qkv"}
 
 SPEC_ATTR = "peftkit_spec"
 BACKBONE_ID_ATTR = "peftkit_backbone_id"
