@@ -90,7 +90,8 @@ class Workspace:
 @dataclass(frozen=True)
 class Case:
     """One bad input: ``argv(ws)`` builds its files and returns the command line; ``match`` is a regex the
-    error line must contain. ``earlier``: out_dir holds a finished run, which must stay intact."""
+    error line must contain. ``earlier``: out_dir first receives a finished run (``argv`` may then damage
+    it), and everything must stay as it was."""
 
     id: str
     argv: Callable[[Workspace], list[str]]
@@ -104,9 +105,9 @@ class Case:
 
 def run_case(case: Case, ws: Workspace, capfd: pytest.CaptureFixture[str]) -> str:
     """Run ``case`` through ``peftkit.cli.main`` and assert the promise; returns the error line."""
-    argv = case.argv(ws)
     if case.earlier:
         ws.with_earlier_run()
+    argv = case.argv(ws)
     capfd.readouterr()
     before = tree_hash(ws.root)
     code = cli.main(argv)

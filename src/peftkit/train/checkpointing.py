@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from peftkit.core.checkpoint import load_adapter, save_adapter
-from peftkit.core.io import atomic_dir, commit_dir
 from peftkit.core.errors import CheckpointError
+from peftkit.core.io import atomic_dir, commit_dir
 from peftkit.train.distributed import DistEnv, barrier, broadcast
 
 CKPT = "checkpoints"
@@ -107,18 +107,20 @@ def save_checkpoint(
     """Write ``checkpoints/step_<step>`` (all ranks call this; rank 0 writes the shared files)."""
     final = Path(out_dir) / CKPT / f"step_{trainer_state['step']}"
     tmp = Path(broadcast(str(atomic_dir(final)) if env.is_main else None, env))
-    torch.save(rng_state(loader_state), tmp / f"rng_rank{env.rank}.pt")
-    barrier(env)
-    if env.is_main:
-        try:
+    try:  # any failure (a full disk, a kill) removes the temporary directory: step_N appears whole or not
+        torch.save(rng_state(loader_state), tmp / f"rng_rank{env.rank}.pt")
+        barrier(env)
+        if env.is_main:
             save_adapter(model, tmp / "adapter")
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
             commit_dir(tmp, final)
-        except BaseException:
+    except BaseException:
+        if env.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        raise
+    if env.is_main:
         for _, old in list_checkpoints(out_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     barrier(env)
