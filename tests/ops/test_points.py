@@ -7,6 +7,7 @@ import itertools
 import pytest
 import torch
 
+from peftkit.core.errors import DataError
 from peftkit.ops.points import (
     chamfer_l2,
     check_points,
@@ -16,7 +17,6 @@ from peftkit.ops.points import (
     knn,
     square_distance,
 )
-from peftkit.core.errors import DataError
 
 
 def _fps_reference(p: torch.Tensor, m: int, start: int = 0) -> list[int]:

@@ -29,7 +29,11 @@ TINY_POINT_SIZE: dict[str, Any] = dict(
     cls_head_dims=(32,),
     drop_path=0.0,
 )
-POINT_SIZES: dict[str, dict[str, Any]] = {"point_mae": POINT_MAE_SIZE, "point_mae_small": POINT_MAE_SMALL_SIZE, "tiny_point": TINY_POINT_SIZE}
+POINT_SIZES: dict[str, dict[str, Any]] = {
+    "point_mae": POINT_MAE_SIZE,
+    "point_mae_small": POINT_MAE_SMALL_SIZE,
+    "tiny_point": TINY_POINT_SIZE,
+}
 
 
 def default_num_points(backbone: str) -> int:

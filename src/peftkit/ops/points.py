@@ -19,8 +19,8 @@ import math
 
 import torch
 
-from peftkit.ops.geometry import PointGeometry
 from peftkit.core.errors import DataError
+from peftkit.ops.geometry import PointGeometry
 
 # Upper bound on the elements of one distance block in knn/chamfer (b * chunk * n), about 64 MB in fp32.
 MAX_BLOCK_ELEMS = 1 << 24

@@ -13,6 +13,7 @@ import yaml
 import peftkit as pk
 from peftkit.core.errors import ConfigError
 from peftkit.methods.point_peft import bank as B
+from peftkit.recipes import point_bank
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -75,7 +76,7 @@ def test_point_bank_without_a_point_peft_method_is_one_clear_error(tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bank_path" in err[0]
     with pytest.raises(ConfigError):
-        B.main(str(cfg))
+        point_bank.main(str(cfg))
 
 
 def test_bench_options_and_aggregation():

@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from peftkit.ops.points import farthest_point_sample, knn
+from peftkit.layers.bottleneck import QuickGELU
 from peftkit.methods.point_peft.geo_adapter import GeoAdapter, group_tokens, inverse_distance_weights
-from peftkit.methods.point_peft.layers import LocalAttention, QuickGELU
+from peftkit.methods.point_peft.layers import LocalAttention
 from peftkit.methods.point_peft.prompt import retrieve
+from peftkit.ops.points import farthest_point_sample, knn
 
 
 @pytest.fixture(autouse=True, scope="module")

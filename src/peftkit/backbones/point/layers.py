@@ -67,23 +67,6 @@ def pos_mlp(dim: int, hidden: int = 128) -> nn.Sequential:
     return nn.Sequential(nn.Linear(3, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
 
-class DropPath(nn.Module):
-    """Stochastic depth: drop a residual branch per sample with probability ``p`` (scaled by 1/(1-p))."""
-
-    def __init__(self, p: float = 0.0) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1.0 - self.p)
-        return x * keep / (1.0 - self.p)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
-
-
 class Attention(nn.Module):
     """Multi-head self-attention with a fused ``qkv`` projection: ``[b, t, d] -> [b, t, d]``."""
 

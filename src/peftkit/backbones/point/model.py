@@ -25,13 +25,13 @@ from torch import nn
 
 from peftkit.backbones.point.layers import (
     Attention,
-    DropPath,
     GroupDivider,
     Mlp,
     PatchEmbed,
     cls_head,
     pos_mlp,
 )
+from peftkit.layers.drop_path import DropPath
 from peftkit.ops.geometry import PointGeometry
 from peftkit.ops.points import check_points
 

@@ -6,10 +6,11 @@ answer (issue #3) is that it holds the training set's features from the pre-trai
     M[n] = f(x_n) / ||f(x_n)||,   f(x) = max_i LN(Enc(x))_i       (query encoder: the frozen pre-trained
                                                                    transformer, max over patch tokens)
 
-``peftkit point-bank CONFIG`` runs the frozen encoder of the config's backbone over the training split and
-writes ``DIR/bank.safetensors`` (``features [N, d]``, ``labels [N]``) + ``DIR/bank.json`` (backbone, encoder
-hash, split, count, dim) atomically to the ``bank_path`` of the config's ``point_peft`` method. Loading a bank
-made by another encoder (hash or width differs) is refused with a CheckpointError.
+``peftkit point-bank CONFIG`` (:mod:`peftkit.recipes.point_bank`) runs the frozen encoder of the config's
+backbone over the training split and writes ``DIR/bank.safetensors`` (``features [N, d]``, ``labels [N]``)
++ ``DIR/bank.json`` (backbone, encoder hash, split, count, dim) atomically to the ``bank_path`` of the
+config's ``point_peft`` method. Loading a bank made by another encoder (hash or width differs) is refused
+with a CheckpointError.
 
 Shapes: b batch, n points, t tokens, d dim, N bank entries.
 """
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftkit.core.checkpoint import write_tensor_dir
-from peftkit.core.errors import CheckpointError, ConfigError, DataError
+from peftkit.core.errors import CheckpointError, DataError
 from peftkit.core.spec import get_spec
 from peftkit.core.state import get_state, set_state
 from peftkit.core.surgery import set_module
@@ -70,8 +71,11 @@ class QueryEncoder(nn.Module):
         return int(self.encoder.norm.normalized_shape[0])
 
     def fingerprint(self) -> str:
-        """SHA-256 of the encoder's weights and buffers (name, dtype, shape, bytes): what a bank is tied to"""
+        """SHA-256 of the encoder's grouping (patches, patch size) and its weights and buffers (name,
+        dtype, shape, bytes): what a bank is tied to (other grouping, same weights: other features)."""
         h = hashlib.sha256()
+        grouping = (getattr(self.encoder, "num_groups", None), getattr(self.encoder, "group_size", None))
+        h.update(f"grouping|{grouping}|".encode())
         for name, t in sorted(self.encoder.state_dict().items()):
             t = t.detach().cpu().contiguous()
             h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
@@ -159,35 +163,3 @@ def encode_dataset(
         feats.append(F.normalize(encoder(points).float(), dim=-1).cpu())  # [b, d]
         labels.append(batch["labels"].cpu())
     return torch.cat(feats), torch.cat(labels)
-
-
-def main(config_path: str, overrides: list[str] | None = None) -> int:
-    """``peftkit point-bank CONFIG [key=value ...]``: build the bank the config's ``point_peft`` reads."""
-    from peftkit.core.registry import get_backbone, get_dataset
-    from peftkit.train.config import load_config
-
-    cfg = load_config(config_path, overrides or [])
-    entries = [m for m in cfg.methods if m["name"] == "point_peft"]
-    if not entries or not entries[0].get("bank_path"):
-        raise ConfigError(
-            f"{config_path} has no point_peft method with a bank_path; add one (methods.N.bank_path=DIR)"
-        )
-    out = entries[0]["bank_path"]
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    data = get_dataset(cfg.data.name)(backbone=cfg.backbone.name, seed=cfg.seed, **cfg.data.kwargs)
-    build = get_backbone(cfg.backbone.name)
-    encoder = QueryEncoder(build(task=cfg.backbone.task, num_labels=data.num_labels, **cfg.backbone.kwargs))
-    collate = data.eval_collate or data.collate
-    feats, labels = encode_dataset(encoder, data.train, collate, cfg.train.eval_batch_size)
-    meta = {
-        "backbone": cfg.backbone.name,
-        "checkpoint": cfg.backbone.kwargs.get("checkpoint"),
-        "encoder_hash": encoder.fingerprint(),
-        "dataset": cfg.data.name,
-        "split": "train",
-        "normalized": True,
-    }
-    path = save_bank(out, feats, labels, meta)
-    print(f"P2-Bank: {feats.shape[0]} x {feats.shape[1]} features of '{cfg.data.name}' train -> {path}")
-    return 0

@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftkit.backbones.point.layers import DropPath
-from peftkit.ops.points import farthest_point_sample, gather_points, knn
 from peftkit.core.errors import DataError
-from peftkit.methods.point_peft.layers import BottleneckAdapter, LocalAttention
+from peftkit.layers.drop_path import DropPath
+from peftkit.methods.point_peft.layers import LocalAttention, bottleneck_adapter
+from peftkit.ops.points import farthest_point_sample, gather_points, knn
 
 
 @dataclass
@@ -74,8 +74,8 @@ class GeoAdapter(nn.Module):
                  propagate_coef: float, drop_path: float) -> None:
         super().__init__()
         self.out_norm = nn.BatchNorm1d(dim)                             # BN_l of the pooled neighbourhoods
-        self.mlp_adapter = BottleneckAdapter(dim, adapter_dim, dropout, residual=False)
-        self.token_adapter = BottleneckAdapter(dim, adapter_dim, dropout, residual=True)
+        self.mlp_adapter = bottleneck_adapter(dim, adapter_dim, dropout, residual=False)
+        self.token_adapter = bottleneck_adapter(dim, adapter_dim, dropout, residual=True)
         self.drop_path = DropPath(drop_path)
         self.mlp_scale, self.center_coef, self.propagate_coef = mlp_scale, center_coef, propagate_coef
 

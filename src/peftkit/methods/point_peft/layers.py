@@ -1,5 +1,6 @@
-"""Small layers Point-PEFT adds (Tang et al., AAAI 2024, arXiv 2310.03059): the bottleneck adapter and the
-local self-attention the Geometry-aware Adapter runs inside each neighbourhood.
+"""Small layers Point-PEFT adds (Tang et al., AAAI 2024, arXiv 2310.03059): the bottleneck adapter (the
+shared ``peftkit.layers.Bottleneck`` with the reference's activation and init) and the local self-attention
+the Geometry-aware Adapter runs inside each neighbourhood.
 
 Bottleneck adapter (reference ``AdapterSuper``; QuickGELU(x) = x * sigmoid(1.702 x)):
 
@@ -21,39 +22,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from peftkit.layers.bottleneck import Bottleneck
+
 BIAS_INIT_STD = 1e-6  # reference AdapterSuper: nn.init.normal_(bias, std=1e-6)
 
 
-class QuickGELU(nn.Module):
-    """``x * sigmoid(1.702 x)`` (the CLIP approximation of GELU the reference adapters use)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
-
-
-class BottleneckAdapter(nn.Module):
-    """``z (+) W_up drop(QuickGELU(W_down z))``: ``[..., d] -> [..., d]``."""
-
-    def __init__(self, dim: int, bottleneck: int, dropout: float = 0.0, residual: bool = True) -> None:
-        super().__init__()
-        self.down = nn.Linear(dim, bottleneck)
-        self.act = QuickGELU()
-        self.drop = nn.Dropout(dropout)
-        self.up = nn.Linear(bottleneck, dim)
-        self.residual = residual
-        for lin in (self.down, self.up):
-            nn.init.xavier_uniform_(lin.weight)
-            nn.init.normal_(lin.bias, std=BIAS_INIT_STD)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        delta = self.up(self.drop(self.act(self.down(z))))
-        return z + delta if self.residual else delta
-
-    def adapter_params(self) -> list[str]:
-        return [n for n, _ in self.named_parameters()]
-
-    def extra_repr(self) -> str:
-        return f"residual={self.residual}"
+def bottleneck_adapter(dim: int, bottleneck: int, dropout: float = 0.0, residual: bool = True) -> Bottleneck:
+    """The reference ``AdapterSuper`` (``residual=False``: ``AdapterSuper_f``) as the shared bottleneck:
+    QuickGELU, xavier-uniform weights, biases N(0, 1e-6): ``[..., d] -> [..., d]``."""
+    return Bottleneck(
+        dim, bottleneck, activation="quick_gelu", init="xavier", bias_std=BIAS_INIT_STD, dropout=dropout,
+        residual=residual,
+    )
 
 
 class LocalAttention(nn.Module):

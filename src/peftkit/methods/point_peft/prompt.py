@@ -23,7 +23,7 @@ from torch import nn
 
 from peftkit.core.errors import ConfigError
 from peftkit.methods.point_peft.bank import QueryEncoder
-from peftkit.methods.point_peft.layers import BottleneckAdapter
+from peftkit.methods.point_peft.layers import bottleneck_adapter
 
 
 def retrieve(f: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
@@ -88,7 +88,7 @@ class PromptTokens(nn.Module):
         self.embeddings = nn.Parameter(torch.empty(num_tokens, dim))  # E_l: [T, d]
         nn.init.trunc_normal_(self.embeddings, std=init_std)
         self.drop = nn.Dropout(dropout)
-        self.adapter = BottleneckAdapter(dim, adapter_dim, adapter_dropout) if adapter_dim else None
+        self.adapter = bottleneck_adapter(dim, adapter_dim, adapter_dropout) if adapter_dim else None
 
     def forward(self, source: torch.Tensor | None, batch: int) -> torch.Tensor:
         prompts = self.drop(self.embeddings[None].expand(batch, -1, -1))  # [b, T, d], a mask per cloud
