@@ -13,7 +13,7 @@ from peftkit.core.params import freeze_all_but_adapters
 from peftkit.core.protocols import AuxLossModule
 from peftkit.core.registry import method_for_config
 from peftkit.core.spec import BACKBONE_ID_ATTR, SPEC_ATTR, BackboneSpec, attach_spec, get_spec
-from peftkit.core.state import PeftkitState, get_state, set_state
+from peftkit.core.state import PeftkitState, get_state, release, set_state
 
 
 def backbone_id(model: nn.Module) -> str:
@@ -86,12 +86,7 @@ def remove(model: nn.Module) -> nn.Module:
         return model
     for a in reversed(state.applied):
         a.undo()
-    base = state.base
-    for p in base.parameters():
-        p.requires_grad_(state.original_requires_grad.get(id(p), True))
-    set_state(model, None)
-    set_state(base, None)
-    return base
+    return release(model, state)
 
 
 def aux_loss(model: nn.Module) -> torch.Tensor:

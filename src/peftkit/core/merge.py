@@ -13,7 +13,7 @@ from __future__ import annotations
 from torch import nn
 
 from peftkit.core.errors import ConfigError, UnsupportedError
-from peftkit.core.state import get_state, set_state
+from peftkit.core.state import get_state, release
 
 
 def merge(model: nn.Module) -> nn.Module:
@@ -42,9 +42,4 @@ def merge(model: nn.Module) -> nn.Module:
             a.merge()
         else:
             a.undo()   # parameter-free: nothing to fold in
-    base = state.base
-    for p in base.parameters():
-        p.requires_grad_(state.original_requires_grad.get(id(p), True))
-    set_state(model, None)
-    set_state(base, None)
-    return base
+    return release(model, state)

@@ -35,28 +35,26 @@ def register_method(name: str, config_cls: type, apply: Callable[..., Any], summ
     _METHODS[name] = MethodEntry(name, config_cls, apply, summary)
 
 
-def register_backbone(name: str, summary: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: ``@register_backbone("minilm")`` on a builder ``(task, num_labels, **kw) -> nn.Module``."""
-
+def _builder_decorator(
+    table: dict[str, tuple[Callable[..., Any], str]], kind: str, name: str, summary: str
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if name in _BACKBONES:
-            raise ValueError(f"backbone '{name}' is already registered")
-        _BACKBONES[name] = (fn, summary or (fn.__doc__ or "").strip().split("\n")[0])
+        if name in table:
+            raise ValueError(f"{kind} '{name}' is already registered")
+        table[name] = (fn, summary or (fn.__doc__ or "").strip().split("\n")[0])
         return fn
 
     return deco
+
+
+def register_backbone(name: str, summary: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: ``@register_backbone("minilm")`` on a builder ``(task, num_labels, **kw) -> nn.Module``."""
+    return _builder_decorator(_BACKBONES, "backbone", name, summary)
 
 
 def register_dataset(name: str, summary: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: ``@register_dataset("bbc_news")`` on a builder returning dataset splits."""
-
-    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if name in _DATASETS:
-            raise ValueError(f"dataset '{name}' is already registered")
-        _DATASETS[name] = (fn, summary or (fn.__doc__ or "").strip().split("\n")[0])
-        return fn
-
-    return deco
+    return _builder_decorator(_DATASETS, "dataset", name, summary)
 
 
 def _unknown(kind: str, name: str, known: dict[str, Any]) -> ConfigError:

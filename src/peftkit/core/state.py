@@ -105,3 +105,18 @@ def set_state(model: nn.Module, state: PeftkitState | None) -> None:
             object.__delattr__(model, STATE_ATTR)
     else:
         object.__setattr__(model, STATE_ATTR, state)
+
+
+def release(model: nn.Module, state: PeftkitState) -> nn.Module:
+    """After the methods were undone or merged: restore ``requires_grad`` and drop the record; the base.
+
+    Args:
+        model: the root the state is attached to (the base, or peft's wrapper).
+        state: its record.
+    """
+    base = state.base
+    for p in base.parameters():
+        p.requires_grad_(state.original_requires_grad.get(id(p), True))
+    set_state(model, None)
+    set_state(base, None)
+    return base
