@@ -177,6 +177,45 @@ def test_imports_follow_the_layers() -> None:
     assert not found, "import rule violations:\n" + "\n".join(map(str, found))
 
 
+def private_uses(source: str, current: str, is_package: bool, known: set[str]) -> list[tuple[int, str]]:
+    """(line, ``module._name``) for each private name taken from a peftkit module of another area.
+
+    Counts ``from peftkit.x.y import _name`` and ``y._name`` where ``y`` was imported as a peftkit module.
+    """
+    tree = ast.parse(source)
+    aliases: dict[str, str] = {}   # local name -> peftkit module
+    out: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.asname and a.name in known:
+                    aliases[a.asname] = a.name
+        elif isinstance(node, ast.ImportFrom):
+            mod = _resolve_relative(node, current, is_package) if node.level else (node.module or "")
+            for a in node.names:
+                sub = f"{mod}.{a.name}"
+                if sub in known:
+                    aliases[a.asname or a.name] = sub
+                elif a.name.startswith("_") and not a.name.startswith("__") and mod in known:
+                    out.append((node.lineno, f"{mod}.{a.name}"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases \
+                and node.attr.startswith("_") and not node.attr.startswith("__"):
+            out.append((node.lineno, f"{aliases[node.value.id]}.{node.attr}"))
+    return [(line, name) for line, name in out if area(name) != area(current)]
+
+
+def test_no_private_name_crosses_an_area() -> None:
+    """What another area needs is made public (as ``train.config._coerce`` became ``coerce_scalar``)."""
+    modules = all_modules()
+    found: list[str] = []
+    for module, path in modules.items():
+        source = path.read_text(encoding="utf-8")
+        for line, private in private_uses(source, module, path.name == "__init__.py", set(modules)):
+            found.append(f"{path.relative_to(SRC.parent)}:{line} uses {private}")
+    assert not found, "private names used from another area (make them public):\n" + "\n".join(found)
+
+
 # ---- the checker itself can fail ---------------------------------------------------------------------------
 
 KNOWN = {"peftkit.core.spec", "peftkit.methods.deft", "peftkit.methods.deft.probe", "peftkit.bench.memory",
@@ -216,6 +255,14 @@ def test_checker_allows(importer: str, source: str) -> None:
     is_package = importer == "peftkit.methods"
     rules = [check_import(importer, m) for _, m in imports_of(source, importer, is_package, KNOWN)]
     assert rules and all(r is None for r in rules), rules
+
+
+def test_private_use_checker() -> None:
+    known = {"peftkit.core.registry", "peftkit.train.config", "peftkit.bench.memory", "peftkit.core"}
+    src = ("from peftkit.train.config import _coerce\nfrom peftkit.core import registry\n"
+           "x = registry._BACKBONES\nfrom peftkit.bench.memory import _read_kib\n")
+    assert private_uses(src, "peftkit.bench.demo", False, known) == [
+        (1, "peftkit.train.config._coerce"), (3, "peftkit.core.registry._BACKBONES")]
 
 
 # ---- calls peftkit never makes -------------------------------------------------------------------------
