@@ -124,20 +124,9 @@ def logistic_probe(
     xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor, yte: torch.Tensor, num_classes: int, l2: float
 ) -> float:
     """Test accuracy of an L2-regularised softmax regression fitted with L-BFGS on standardised features."""
-    mu, sd = xtr.mean(0), xtr.std(0).clamp_min(1e-6)
-    xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
-    w = torch.zeros(xtr.shape[1], num_classes, requires_grad=True)
-    b = torch.zeros(num_classes, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=500, line_search_fn="strong_wolfe")
+    from peftkit.bench.point_probe import accuracy, fit_softmax
 
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(xtr @ w + b, ytr) + l2 * w.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return float(((xte @ w + b).argmax(1) == yte).float().mean())
+    return accuracy(fit_softmax(xtr, ytr, num_classes, l2), xte, yte)
 
 
 def probe_rows(cfg: PointBenchConfig) -> list[dict[str, Any]]:

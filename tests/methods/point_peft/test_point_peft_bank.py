@@ -77,24 +77,3 @@ def test_point_bank_without_a_point_peft_method_is_one_clear_error(tmp_path, cap
     assert len(err) == 1 and "bank_path" in err[0]
     with pytest.raises(ConfigError):
         point_bank.main(str(cfg))
-
-
-def test_bench_options_and_aggregation():
-    from peftkit.bench import point_peft as bench
-
-    cfg, run = bench.parse(["rows=full,point_peft", "seeds=0,1", "train.epochs=2", "data.max_per_class=5"])
-    assert cfg.rows == "full,point_peft" and run == ["train.epochs=2", "data.max_per_class=5"]
-    with pytest.raises(ConfigError, match="unknown bench option"):
-        bench.parse(["epochz=3"])
-    with pytest.raises(ConfigError, match="unknown row"):
-        bench.parse(["rows=nope"])
-    runs = bench._runs(cfg)
-    assert ("full", "rot", 1) in runs and ("point_peft", "std", 0) in runs and len(runs) == 8
-    res = {}
-    for seed, (last, curve) in enumerate([(0.5, [0.4, 0.6, 0.5]), (0.7, [0.7, 0.65, 0.7])]):
-        metrics = {"eval/accuracy": last, "trainable_params": 10, "total_params": 100, "trainable_pct": 10.0,
-                   "step_time_s": 1.0 + seed, "peak_memory_bytes": 5}
-        res[("full", "std", seed)] = {"metrics": metrics, "curve": curve}
-    (row,) = bench.aggregate(res)
-    assert row["acc_last"] == pytest.approx(0.6) and row["acc_best"] == pytest.approx(0.65)
-    assert row["acc_last_std"] == pytest.approx(0.1414213, rel=1e-5) and row["train_step_time_s"] == 1.5
