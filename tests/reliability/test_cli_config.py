@@ -110,8 +110,11 @@ CASES = [
         earlier=True,
     ),
     Case(
-        "lora-roles-missing",
+        "lora-on-point-backbone-text-data",
         _train("backbone.name=tiny_point"),
+        r"backbone 'tiny_point' with methods \[lora\] cannot take a batch of data 'toy_tokens'",
+        earlier=True,
+    ),
         r"has no role 'attn_q'",
         earlier=True,
     ),

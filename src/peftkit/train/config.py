@@ -132,6 +132,10 @@ def _train_from_dict(values: dict[str, Any]) -> TrainConfig:
     return cfg
 
 
+_NAME_LISTS = (list[str], list[str] | None, tuple[str, ...], tuple[str, ...] | None)
+_CHECKED_HINTS = (int, float, bool, str, int | None, float | None, str | None, *_NAME_LISTS)
+
+
 def _check_kwargs(fn: Any, kwargs: dict[str, Any], fixed: set[str], section: str, name: str) -> None:
     """Unknown builder keyword arguments are a ConfigError listing the valid ones; typed ones are coerced."""
     try:
@@ -140,7 +144,9 @@ def _check_kwargs(fn: Any, kwargs: dict[str, Any], fixed: set[str], section: str
     except (TypeError, ValueError, NameError):
         return
     for k, v in kwargs.items():
-        if k in hints and hints[k] in (int, float, bool, str, int | None, float | None, str | None):
+        if k in hints and hints[k] in _NAME_LISTS and isinstance(v, str):
+            raise ConfigError(f"{section}.{k} must be a list, e.g. [a, b], got {v!r}")
+        if k in hints and hints[k] in _CHECKED_HINTS:
             kwargs[k] = coerce_scalar(v, hints[k], f"{section}.{k}")
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return  # the builder forwards extra keywords (e.g. to a model config): it checks them itself
@@ -186,6 +192,8 @@ def config_from_dict_tree(tree: dict[str, Any]) -> RunConfig:
         raise ConfigError("backbone.num_labels is filled from the data; remove it (set data options instead)")
     _check_kwargs(get_backbone(bcfg.name), bcfg.kwargs, {"task", "num_labels"}, "backbone", bcfg.name)
     _check_kwargs(get_dataset(dcfg.name), dcfg.kwargs, {"backbone", "seed"}, "data", dcfg.name)
+    if tree.get("out_dir", RunConfig.out_dir) in (None, ""):
+        raise ConfigError("out_dir is empty; give the run its own directory, e.g. out_dir=runs/my_run")
     cfg = RunConfig(
         out_dir=coerce_scalar(tree.get("out_dir", RunConfig.out_dir), str, "out_dir"),
         seed=coerce_scalar(tree.get("seed", 0), int, "seed"),
