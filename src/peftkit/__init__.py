@@ -21,7 +21,7 @@ from peftkit.core.checkpoint import load_adapter, save_adapter
 from peftkit.core.errors import CheckpointError, ConfigError, DataError, PeftkitError, UnsupportedError
 from peftkit.core.merge import merge
 from peftkit.core.params import freeze_all_but_adapters, param_report
-from peftkit.core.registry import get_backbone, list_backbones, list_datasets, list_methods
+from peftkit.core.registry import get_backbone, get_tokenizer, list_backbones, list_datasets, list_methods
 from peftkit.core.spec import BackboneSpec, StackSpec, attach_spec, get_spec
 
 try:
@@ -83,9 +83,7 @@ def load_backbone(name: str, **kwargs: Any) -> Any:
 
 def load_tokenizer(name: str) -> Any:
     """The tokenizer of a registered text backbone, e.g. ``load_tokenizer("minilm")``."""
-    from peftkit.backbones.hf import load_tokenizer as _load
-
-    return _load(name)
+    return get_tokenizer(name)
 
 
 __all__ = [

@@ -31,7 +31,7 @@ def test_duplicate_backbone_and_dataset_raise() -> None:
         with pytest.raises(ValueError, match="already registered"):
             registry.register_dataset(name)(lambda: None)
     finally:
-        registry._DATASETS.pop(name, None)
+        registry.unregister("dataset", name)
 
 
 def test_unknown_method_lists_valid() -> None:
@@ -55,3 +55,18 @@ def test_methods_are_listed_with_summaries() -> None:
         assert methods[name], name
     assert registry.method_for_config(pk.DoRA()).name == "dora"   # exact type: DoRA is not LoRA
     assert registry.method_for_config(pk.LoRA()).name == "lora"
+
+
+def test_tokenizers_are_found_through_the_registry() -> None:
+    """Datasets look a backbone's tokenizer up in core; the backbone registered the loader."""
+    sentinel = object()
+    try:
+        registry.register_tokenizer("_test_backbone", lambda: sentinel)
+        assert registry.get_tokenizer("_test_backbone") is sentinel
+        assert pk.load_tokenizer("_test_backbone") is sentinel
+    finally:
+        registry.unregister("tokenizer", "_test_backbone")
+    with pytest.raises(pk.ConfigError, match=r"no tokenizer for backbone '_test_backbone'; .*tiny_bert"):
+        registry.get_tokenizer("_test_backbone")
+    with pytest.raises(pk.ConfigError, match="unknown registry 'model'; choose one of: method, backbone"):
+        registry.unregister("model", "x")

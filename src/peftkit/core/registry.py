@@ -26,6 +26,7 @@ class MethodEntry:
 _METHODS: dict[str, MethodEntry] = {}
 _BACKBONES: dict[str, tuple[Callable[..., Any], str]] = {}
 _DATASETS: dict[str, tuple[Callable[..., Any], str]] = {}
+_TOKENIZERS: dict[str, Callable[[], Any]] = {}
 
 
 def register_method(name: str, config_cls: type, apply: Callable[..., Any], summary: str = "") -> None:
@@ -55,6 +56,15 @@ def register_backbone(name: str, summary: str = "") -> Callable[[Callable[..., A
 def register_dataset(name: str, summary: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: ``@register_dataset("bbc_news")`` on a builder returning dataset splits."""
     return _builder_decorator(_DATASETS, "dataset", name, summary)
+
+
+def register_tokenizer(backbone: str, load: Callable[[], Any]) -> None:
+    """Register how to load the tokenizer of a text backbone (the backbone module calls this at import).
+
+    Datasets that tokenise for a backbone find its tokenizer here, so ``data`` never imports ``backbones``.
+    Registering a backbone again replaces its loader (a user pointing a backbone at another vocabulary).
+    """
+    _TOKENIZERS[backbone] = load
 
 
 def _unknown(kind: str, name: str, known: dict[str, Any]) -> ConfigError:
@@ -90,6 +100,21 @@ def get_dataset(name: str) -> Callable[..., Any]:
     return _DATASETS[name][0]
 
 
+def get_tokenizer(backbone: str) -> Any:
+    """The tokenizer of a registered text backbone, loaded by the function its backbone registered.
+
+    Raises:
+        ConfigError: ``backbone`` has no tokenizer (the message lists the backbones that have one).
+    """
+    discover()
+    if backbone not in _TOKENIZERS:
+        raise ConfigError(
+            f"no tokenizer for backbone '{backbone}'; text backbones with one: "
+            f"{', '.join(sorted(_TOKENIZERS))} (register yours with peftkit.core.registry.register_tokenizer)"
+        )
+    return _TOKENIZERS[backbone]()
+
+
 def list_methods() -> dict[str, str]:
     discover()
     return {k: v.summary for k, v in sorted(_METHODS.items())}
@@ -106,8 +131,9 @@ def list_datasets() -> dict[str, str]:
 
 
 def unregister(kind: str, name: str) -> None:
-    """Remove a registered ``"method"``, ``"backbone"`` or ``"dataset"`` (tests and plugin reloads)."""
-    tables: dict[str, dict[str, Any]] = {"method": _METHODS, "backbone": _BACKBONES, "dataset": _DATASETS}
+    """Remove a registered ``"method"``, ``"backbone"``, ``"dataset"`` or ``"tokenizer"`` (tests, plugins)."""
+    tables: dict[str, dict[str, Any]] = {"method": _METHODS, "backbone": _BACKBONES, "dataset": _DATASETS,
+                                         "tokenizer": _TOKENIZERS}
     if kind not in tables:
         raise ConfigError(f"unknown registry '{kind}'; choose one of: {', '.join(tables)}")
     tables[kind].pop(name, None)

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from peftkit.core.errors import ConfigError, DataError
-from peftkit.core.registry import register_dataset
+from peftkit.core.registry import get_tokenizer, register_dataset
 from peftkit.data.base import Batch, TaskData
 
 BBC_SPLIT_FILE = Path(__file__).with_name("splits") / "bbc_news.json"
@@ -86,9 +86,7 @@ class PadCollate:
 
 @cache
 def _tokenizer(backbone: str) -> Any:
-    from peftkit.backbones.hf import load_tokenizer
-
-    return load_tokenizer(backbone)
+    return get_tokenizer(backbone)
 
 
 def tokenize(

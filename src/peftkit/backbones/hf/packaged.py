@@ -23,6 +23,7 @@ from peftkit.backbones.hf.loading import cache_dir, finish, from_pretrained, pac
 from peftkit.core.errors import ConfigError
 from peftkit.core.io import atomic_dir, commit_dir
 from peftkit.core.registry import register_backbone
+from peftkit.core.registry import register_tokenizer as _register_core_tokenizer
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -99,6 +100,7 @@ TOKENIZERS: dict[str, Callable[[], Path]] = {
 def register_tokenizer(backbone: str, folder: Callable[[], Path]) -> None:
     """Tell :func:`load_tokenizer` where a user-registered text backbone's tokenizer lives."""
     TOKENIZERS[backbone] = folder
+    _register_core_tokenizer(backbone, lambda: load_tokenizer(backbone))
 
 
 def load_tokenizer(backbone: str) -> Any:
@@ -119,3 +121,8 @@ def load_tokenizer(backbone: str) -> Any:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+# Datasets find tokenizers through the core registry (data never imports backbones).
+for _backbone in TOKENIZERS:
+    _register_core_tokenizer(_backbone, lambda b=_backbone: load_tokenizer(b))
