@@ -115,9 +115,6 @@ CASES = [
         r"backbone 'tiny_point' with methods \[lora\] cannot take a batch of data 'toy_tokens'",
         earlier=True,
     ),
-        r"has no role 'attn_q'",
-        earlier=True,
-    ),
     Case("unknown-backbone-kwarg", _train("backbone.hidden_sz=64"), r"hidden_sz", earlier=True),
     Case(
         "roberta-vocab-kwarg",
