@@ -44,6 +44,10 @@ class Case:
             from the base output right after ``pk.apply`` (0.0 = exactly equal).
         init_reference: turns a fresh base model into the reference for the init check (QLoRA: the
             quantised base, since LoRA adds exactly zero to *that*); None = the base itself.
+        trains_base: the method trains pretrained weights in place (full FT; Point-PEFT's block biases), so
+            ``pk.remove`` cannot restore the base outputs after training and the parameter total adds nothing.
+        eval_mode: the method adds dropout / BatchNorm (Point-PEFT): outputs are compared in eval mode (the
+            modules it adds start in train mode).
     """
 
     id: str
@@ -52,6 +56,8 @@ class Case:
     backbones: tuple[str, ...] = ALL
     init_atol: float | None = 0.0
     init_reference: Callable[[nn.Module, Any], nn.Module] | None = None
+    trains_base: bool = False
+    eval_mode: bool = False
 
 
 # ---- closed-form counts, from the base model's shapes ------------------------------------------------------
@@ -129,6 +135,29 @@ def meft_count(r: int) -> Callable[[nn.Module, BackboneSpec], int]:
                                    for m in _mods(model, spec, "mlp_out"))
 
 
+def full_count(model: nn.Module, spec: BackboneSpec) -> int:
+    """Full fine-tuning: every parameter outside the head."""
+    return sum(p.numel() for p in model.parameters()) - head_count(model, spec)
+
+
+def point_peft_count(c: Any) -> Count:
+    """Point-PEFT without the bank (Tang et al. 2024; the reference MAE code's trained names), d = width:
+    GA-Adapter: shared LN + local attention (qkv d -> 3*h*e, proj h*e -> d), per block two bottlenecks
+    (d*r + r + r*d + d each) and an out-BN (2d), 3 coordinates per prompt token; P2-Prompt: p*d per prompted
+    block; BitFit-style biases of proj, fc1, fc2, norm1, norm2 per block; final norm; cls token + pos."""
+
+    def f(model: nn.Module, spec: BackboneSpec) -> int:
+        d, hidden = model.get_submodule(spec.role_paths(model, "mlp_in")[0]).weight.shape[::-1]
+        depth = len(spec.block_paths(model))
+        inner = c.local_heads * c.local_head_dim
+        r = c.adapter_dim
+        n = 2 * d + d * 3 * inner + inner * d + d + depth * (2 * (2 * d * r + r + d) + 2 * d)
+        n += 3 * c.num_prompt_tokens + c.prompt_layers * c.num_prompt_tokens * d
+        return n + depth * (4 * d + hidden) + 2 * d + 2 * d
+
+    return f
+
+
 def head_count(model: nn.Module, spec: BackboneSpec) -> int:
     return sum(p.numel() for h in spec.head for p in model.get_submodule(h).parameters())
 
@@ -146,6 +175,7 @@ def quantised(model: nn.Module, config: Any) -> nn.Module:
 # ---- the table ---------------------------------------------------------------------------------------------
 
 QV = ("attn_q", "attn_v")
+_POINT_PEFT = pk.PointPEFT(prompt_layers=1, use_bank=False)   # tiny_point has 2 blocks; no bank file
 MANY = ("attn_q", "attn_k", "attn_v", "attn_out", "mlp_in", "mlp_out")
 CASES: list[Case] = [
     Case("adapter-houlsby", lambda: pk.Adapter(kind="houlsby", reduction_factor=8),
@@ -207,6 +237,12 @@ CASES: list[Case] = [
          init_atol=None),
     Case("lora+meft-point", lambda: [pk.LoRA(rank=2, targets=["attn_qkv"]), pk.MEFT(variant="meft1")],
          {"lora": lora_count(("attn_qkv",), 2), "meft": meft_count(8)}, backbones=POINT, init_atol=None),
+    Case("point_peft", lambda: _POINT_PEFT, {"point_peft": point_peft_count(_POINT_PEFT)}, backbones=POINT,
+         init_atol=None, trains_base=True, eval_mode=True),
+    # the reference points: full fine-tuning and head-only (a linear probe; no method parameters)
+    Case("full", lambda: pk.FullFineTune(), {"full": full_count}, backbones=(*CLASSIFIERS, *POINT),
+         trains_base=True),
+    Case("head_only", lambda: pk.HeadOnly(), {}, backbones=(*CLASSIFIERS, *POINT)),
 ]
 
 
@@ -251,6 +287,9 @@ def test_only_method_and_head_get_grads(case: Case, name: str, tiny: Any) -> Non
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     assert with_grad == expected == trainable
     for a in state.applied:
+        if a.name not in case.owners:
+            assert not a.params(), f"{a.name} trains parameters the case does not count"
+            continue
         assert a.params(), f"{a.name} declares no parameters"
         assert any(p.grad.abs().sum() > 0 for p in a.params()), f"{a.name}: all gradients are zero"
 
@@ -269,7 +308,7 @@ def test_param_report_closed_form(case: Case, name: str, tiny: Any) -> None:
     assert report.owner("base").trainable == 0
     assert report.trainable == sum(expected.values()) + head
     if not any(o.startswith("qlora") for o in case.owners) and "prompt" not in case.owners \
-            and "prefix" not in case.owners:
+            and "prefix" not in case.owners and not case.trains_base:
         # every parameter is either the base's or a method's (no copies): the total adds up
         assert report.total == total + sum(expected.values())
 
@@ -278,15 +317,21 @@ def test_param_report_closed_form(case: Case, name: str, tiny: Any) -> None:
 def test_save_fresh_load_identical(case: Case, name: str, tiny: Any, tmp_path: Any) -> None:
     model = pk.apply(tiny.build(name), case.config())
     _perturb([p for p in model.parameters() if p.requires_grad])   # method parameters and head
+    if case.eval_mode:
+        model.eval()
     ref = tiny.output(model, name)
     pk.save_adapter(model, tmp_path / "ckpt")
 
     torch.manual_seed(1)   # another init for the fresh model's method parameters
     fresh = pk.load_adapter(tiny.build(name), tmp_path / "ckpt")   # applies the saved stack itself
+    if case.eval_mode:
+        fresh.eval()
     assert torch.equal(tiny.output(fresh, name), ref)
 
     torch.manual_seed(2)
     other = pk.apply(tiny.build(name), case.config())
+    if case.eval_mode:
+        other.eval()
     _perturb([p for p in other.parameters() if p.requires_grad])
     assert not torch.allclose(tiny.output(other, name), ref)
     other = pk.load_adapter(other, tmp_path / "ckpt")              # into an already-applied stack
@@ -301,8 +346,11 @@ def test_remove_restores_base(case: Case, name: str, tiny: Any) -> None:
     keys = list(model.state_dict())
     attrs = set(model.__dict__)
     applied = pk.apply(model, case.config())
-    _perturb(_method_params(applied))
-    assert not torch.equal(tiny.output(applied, name), ref)
+    if case.eval_mode:
+        applied.eval()
+    if not case.trains_base:   # weights trained in place stay trained: only the untrained method is undone
+        _perturb(_method_params(applied))
+        assert not _method_params(applied) or not torch.equal(tiny.output(applied, name), ref)
     base = pk.remove(applied)
     assert base is model
     assert torch.equal(tiny.output(base, name), ref)
@@ -324,7 +372,7 @@ def test_remove_restores_base(case: Case, name: str, tiny: Any) -> None:
 def test_unknown_target_role_lists_roles(config: Callable[[], Any], tiny: Any) -> None:
     model = tiny.build("tiny_bert")
     before = [type(m) for m in model.modules()]
-    with pytest.raises(pk.UnsupportedError, match=r"has no role .*attn_q"):
+    with pytest.raises(pk.UnsupportedError, match=r"neither a role .*attn_q.* its linear modules are: query"):
         pk.apply(model, config())
     assert [type(m) for m in model.modules()] == before   # nothing half-applied
 

@@ -7,7 +7,7 @@ Importing this package registers the backbones; transformers itself is imported 
 from peftkit.backbones.hf import packaged, tiny  # noqa: F401  (registers the backbones)
 from peftkit.backbones.hf.loading import cache_dir, finish
 from peftkit.backbones.hf.packaged import load_tokenizer, minilm_path, register_tokenizer
-from peftkit.backbones.hf.specs import SUPPORTED_FAMILIES, spec_for_hf_model
+from peftkit.backbones.hf.specs import register_hf_family, spec_for_hf_model, supported_families
 
-__all__ = ["cache_dir", "finish", "load_tokenizer", "minilm_path", "register_tokenizer", "SUPPORTED_FAMILIES",
-           "spec_for_hf_model"]
+__all__ = ["cache_dir", "finish", "load_tokenizer", "minilm_path", "register_tokenizer", "register_hf_family",
+           "spec_for_hf_model", "supported_families"]

@@ -1,15 +1,18 @@
 """BackboneSpecs of Hugging Face transformers families: role name -> module path inside one block.
 
 Encoders with the BERT layout (BERT, RoBERTa, XLM-RoBERTa), MPNet, decoders with the Llama layout
-(Llama, Qwen2, Mistral) and T5 (encoder and decoder stacks kept apart). A model's spec is chosen by its
-``config.model_type``; :func:`spec_for_hf_model` is the resolver ``pk.get_spec`` falls back to.
+(Llama, Qwen2, Mistral), GPT-2 (fused qkv Conv1D) and T5 (encoder and decoder stacks kept apart). A model's
+spec is chosen by its ``config.model_type`` (the ``FAMILIES`` table; ``register_hf_family`` adds one), and
+:func:`resolve_hf_spec` is the resolver ``pk.get_spec`` falls back to.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 from torch import nn
 
-from peftkit.core.errors import UnsupportedError
+from peftkit.core.errors import ConfigError, UnsupportedError
 from peftkit.core.spec import BackboneSpec, StackSpec, register_spec_resolver
 
 _BERT_ROLES = {
@@ -73,12 +76,19 @@ def _t5_roles(ffn_layer: int, gated: bool) -> dict[str, str]:
     return roles
 
 
-_ENCODER_FAMILIES = {
-    "bert": _BERT_ROLES, "roberta": _BERT_ROLES, "xlm-roberta": _BERT_ROLES, "mpnet": _MPNET_ROLES,
+_GPT2_ROLES = {
+    "attn": "attn",
+    "attn_qkv": "attn.c_attn",        # one Conv1D computes q, k and v (weight (d, 3d)); attn_q/k/v map here
+    "attn_out": "attn.c_proj",
+    "attn_norm": "ln_1",
+    "mlp": "mlp",
+    "mlp_in": "mlp.c_fc",
+    "mlp_act": "mlp.act",
+    "mlp_out": "mlp.c_proj",
+    "mlp_norm": "ln_2",
 }
-# decoders with the Llama layout (q/k/v/o projections, SwiGLU MLP, RMSNorm before each sub-block)
-_DECODER_FAMILIES = {"llama": _LLAMA_ROLES, "qwen2": _LLAMA_ROLES, "mistral": _LLAMA_ROLES}
-SUPPORTED_FAMILIES = sorted([*_ENCODER_FAMILIES, *_DECODER_FAMILIES, "t5"])
+
+SpecBuilder = Callable[[nn.Module, str], BackboneSpec]   # (model, path prefix of the bare model) -> spec
 
 
 def _prefix(model: nn.Module) -> str:
@@ -98,6 +108,90 @@ def _head_paths(model: nn.Module, candidates: tuple[str, ...]) -> tuple[str, ...
     return tuple(out)
 
 
+def _encoder(roles: Mapping[str, str], returns_tuple: bool = False) -> SpecBuilder:
+    """BERT-layout encoders: post-LN blocks under ``encoder.layer`` (MPNet's return a tuple)."""
+
+    def build(model: nn.Module, p: str) -> BackboneSpec:
+        # BERT's pooler belongs to the classification head here: like RoBERTa's head it is a dense + tanh.
+        return BackboneSpec(
+            family=model.config.model_type,
+            stacks=(StackSpec("encoder", f"{p}encoder.layer", roles, returns_tuple=returns_tuple),),
+            head=_head_paths(model, (f"{p}pooler", "classifier")) if p else (),
+            model_roles={"embeddings": f"{p}embeddings"},
+            layout="post_ln",
+        )
+
+    return build
+
+
+def _llama_layout(model: nn.Module, p: str) -> BackboneSpec:
+    """Llama, Qwen2, Mistral: pre-LN decoder blocks under ``layers``, RoPE, a ``score`` head."""
+    return BackboneSpec(
+        family=model.config.model_type,
+        stacks=(StackSpec("decoder", f"{p}layers", _LLAMA_ROLES),),
+        head=_head_paths(model, ("score",)),
+        model_roles={"embeddings": f"{p}embed_tokens", "final_norm": f"{p}norm", "rotary": f"{p}rotary_emb"},
+        layout="pre_ln",
+    )
+
+
+def _gpt2(model: nn.Module, p: str) -> BackboneSpec:
+    """GPT-2: pre-LN blocks under ``h`` with a fused qkv Conv1D, learned positions, a ``score`` head."""
+    return BackboneSpec(
+        family="gpt2",
+        stacks=(StackSpec("decoder", f"{p}h", _GPT2_ROLES),),
+        head=_head_paths(model, ("score",)),
+        model_roles={"embeddings": f"{p}wte", "positions": f"{p}wpe", "final_norm": f"{p}ln_f"},
+        layout="pre_ln",
+    )
+
+
+def _t5(model: nn.Module, p: str) -> BackboneSpec:
+    """T5 (v1.0 ReLU or v1.1 gated-GELU): pre-LN encoder and decoder stacks, kept apart."""
+    gated = bool(getattr(model.config, "is_gated_act", False))
+    stacks = [StackSpec("encoder", "encoder.block", _t5_roles(1, gated))]
+    if hasattr(model, "decoder"):
+        stacks.append(StackSpec("decoder", "decoder.block", _t5_roles(2, gated)))
+    return BackboneSpec(
+        family="t5",
+        stacks=tuple(stacks),
+        head=_head_paths(model, ("classification_head",)),
+        model_roles={"embeddings": "shared"},
+        layout="pre_ln",
+    )
+
+
+# transformers ``config.model_type`` -> how to build its spec
+FAMILIES: dict[str, SpecBuilder] = {
+    "bert": _encoder(_BERT_ROLES),
+    "roberta": _encoder(_BERT_ROLES),
+    "xlm-roberta": _encoder(_BERT_ROLES),
+    "mpnet": _encoder(_MPNET_ROLES, returns_tuple=True),
+    "llama": _llama_layout,
+    "qwen2": _llama_layout,
+    "mistral": _llama_layout,
+    "gpt2": _gpt2,
+    "t5": _t5,
+}
+
+
+def register_hf_family(model_type: str, builder: SpecBuilder) -> None:
+    """Teach peftkit a transformers family: ``builder(model, prefix)`` returns its BackboneSpec, where
+    ``prefix`` is the path of the bare model inside a task model (``"model."``, or ``""``).
+
+    Raises:
+        ConfigError: ``model_type`` already has a spec.
+    """
+    if model_type in FAMILIES:
+        raise ConfigError(f"transformers family '{model_type}' already has a spec")
+    FAMILIES[model_type] = builder
+
+
+def supported_families() -> list[str]:
+    """The ``config.model_type`` values with a spec."""
+    return sorted(FAMILIES)
+
+
 def resolve_hf_spec(model: nn.Module) -> BackboneSpec | None:
     """Resolver for ``pk.get_spec``: the spec of a transformers model (one with a ``config.model_type``)."""
     if getattr(getattr(model, "config", None), "model_type", None) is None:
@@ -115,40 +209,10 @@ def spec_for_hf_model(model: nn.Module) -> BackboneSpec:
         UnsupportedError: for a family peftkit has no spec for (the message lists the supported ones).
     """
     mt = getattr(getattr(model, "config", None), "model_type", None)
-    p = _prefix(model)
-    if mt in _ENCODER_FAMILIES:
-        # BERT's pooler belongs to the classification head here: like RoBERTa's head it is a dense + tanh.
-        head = _head_paths(model, (f"{p}pooler", "classifier")) if p else ()
-        return BackboneSpec(
-            family=mt,
-            stacks=(StackSpec("encoder", f"{p}encoder.layer", _ENCODER_FAMILIES[mt]),),
-            head=head,
-            model_roles={"embeddings": f"{p}embeddings"},
-            layout="post_ln",
+    if mt not in FAMILIES:
+        raise UnsupportedError(
+            f"model type '{mt}' ({type(model).__name__}) is not supported; supported families: "
+            f"{', '.join(supported_families())} (describe another one with pk.attach_spec or "
+            "peftkit.backbones.hf.register_hf_family, see docs/your_model.md)"
         )
-    if mt in _DECODER_FAMILIES:
-        return BackboneSpec(
-            family=mt,
-            stacks=(StackSpec("decoder", f"{p}layers", _DECODER_FAMILIES[mt]),),
-            head=_head_paths(model, ("score",)),
-            model_roles={
-                "embeddings": f"{p}embed_tokens", "final_norm": f"{p}norm", "rotary": f"{p}rotary_emb",
-            },
-            layout="pre_ln",
-        )
-    if mt == "t5":
-        gated = bool(getattr(model.config, "is_gated_act", False))
-        stacks = [StackSpec("encoder", "encoder.block", _t5_roles(1, gated))]
-        if hasattr(model, "decoder"):
-            stacks.append(StackSpec("decoder", "decoder.block", _t5_roles(2, gated)))
-        return BackboneSpec(
-            family="t5",
-            stacks=tuple(stacks),
-            head=_head_paths(model, ("classification_head",)),
-            model_roles={"embeddings": "shared"},
-            layout="pre_ln",
-        )
-    raise UnsupportedError(
-        f"model type '{mt}' ({type(model).__name__}) is not supported; supported families: "
-        f"{', '.join(SUPPORTED_FAMILIES)} (describe another one with pk.attach_spec, see docs/your_model.md)"
-    )
+    return FAMILIES[mt](model, _prefix(model))

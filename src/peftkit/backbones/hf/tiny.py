@@ -75,3 +75,38 @@ def tiny_t5(task: str = "seq2seq", num_labels: int | None = None, seed: int = 0,
         model = transformers.T5ForConditionalGeneration(cfg)
     model.eval()
     return finish(model, "tiny_t5")
+
+
+def _llama_layout_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
+    return {"vocab_size": 1000, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "intermediate_size": 64, "max_position_embeddings": 128,
+            "pad_token_id": 0, **kw}
+
+
+@register_backbone("tiny_qwen2", "random 2-layer Qwen2 (d=32, Llama layout, q/k/v biases) for tests")
+def tiny_qwen2(
+    task: str = "classification", num_labels: int | None = None, seed: int = 0, **kw: Any
+) -> nn.Module:
+    from transformers import Qwen2Config
+
+    return _tiny(Qwen2Config(**_llama_layout_kwargs(kw)), task, num_labels, "tiny_qwen2", seed)
+
+
+@register_backbone("tiny_mistral", "random 2-layer Mistral (d=32, Llama layout, sliding window) for tests")
+def tiny_mistral(
+    task: str = "classification", num_labels: int | None = None, seed: int = 0, **kw: Any
+) -> nn.Module:
+    from transformers import MistralConfig
+
+    return _tiny(MistralConfig(**_llama_layout_kwargs(kw)), task, num_labels, "tiny_mistral", seed)
+
+
+@register_backbone("tiny_gpt2", "random 2-layer GPT-2 (d=32, fused qkv Conv1D) for tests")
+def tiny_gpt2(
+    task: str = "classification", num_labels: int | None = None, seed: int = 0, **kw: Any
+) -> nn.Module:
+    from transformers import GPT2Config
+
+    cfg = GPT2Config(**{"vocab_size": 1000, "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 128,
+                        "pad_token_id": 0, **kw})
+    return _tiny(cfg, task, num_labels, "tiny_gpt2", seed)

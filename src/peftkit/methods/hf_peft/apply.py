@@ -17,13 +17,13 @@ from peftkit.core.spec import BackboneSpec
 from peftkit.core.state import Applied
 from peftkit.core.surgery import UndoRecord
 from peftkit.methods.hf_peft.config import IA3, DoRA, LoRA, _LowRank
+from peftkit.methods.hf_peft.resolve import resolve_targets
 from peftkit.methods.hf_peft.targets import (
     base_model,
     check_single_peft,
     inject,
     layer_types,
     merge_layers,
-    resolve_targets,
     tuner_params,
 )
 

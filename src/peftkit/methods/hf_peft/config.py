@@ -11,7 +11,9 @@ Papers:
     Prefix Li & Liang, "Prefix-Tuning: Optimizing Continuous Prompts for Generation", ACL 2021,
            arXiv 2101.00190.
 
-Targets are backbone *roles* (``attn_q``, ``mlp_out`` ...), resolved to exact module paths by the spec.
+Targets are backbone *roles* (``attn_q``, ``mlp_out`` ...), resolved to exact module paths by the spec (so the
+defaults work on every family: on a backbone with a fused qkv projection, ``attn_q`` / ``attn_v`` adapt it),
+or peft's own spellings: module names (``["q_proj", "v_proj"]``) and ``"all-linear"``.
 """
 
 from __future__ import annotations
@@ -21,9 +23,17 @@ from dataclasses import dataclass
 from peftkit.core.errors import ConfigError
 
 
-def _check_targets(cls: str, targets: tuple[str, ...]) -> None:
-    if isinstance(targets, str) or not targets or not all(isinstance(t, str) and t for t in targets):
-        raise ConfigError(f"{cls}.targets must be a non-empty list of role names, got {targets!r}")
+def _targets(cls: str, targets: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
+    """Targets as a tuple: roles (``attn_q``), peft-style module names (``q_proj``) or ``"all-linear"``."""
+    if isinstance(targets, str):
+        targets = (targets,)
+    ok = isinstance(targets, (list, tuple)) and targets and all(isinstance(t, str) and t for t in targets)
+    if not ok:
+        raise ConfigError(
+            f"{cls}.targets must be a non-empty list of role names (attn_q, mlp_out, ...), module names "
+            f"(q_proj, ...) or 'all-linear', got {targets!r}"
+        )
+    return tuple(targets)
 
 
 @dataclass
@@ -41,8 +51,7 @@ class _LowRank:
             raise ConfigError(f"{name}.rank must be a positive int, got {self.rank!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"{name}.dropout must be in [0, 1), got {self.dropout}")
-        self.targets = tuple(self.targets) if isinstance(self.targets, list) else self.targets
-        _check_targets(name, self.targets)
+        self.targets = _targets(name, self.targets)
 
 
 @dataclass
@@ -101,9 +110,9 @@ class IA3:
     feedforward: tuple[str, ...] = ("mlp_out",)                  # l_ff rescales the FFN's inner activation
 
     def __post_init__(self) -> None:
-        self.targets = tuple(self.targets) if isinstance(self.targets, list) else self.targets
-        self.feedforward = tuple(self.feedforward) if isinstance(self.feedforward, list) else self.feedforward
-        _check_targets("IA3", self.targets)
+        self.targets = _targets("IA3", self.targets)
+        self.feedforward = tuple(self.feedforward) if isinstance(self.feedforward, (list, tuple)) else (
+            (self.feedforward,) if isinstance(self.feedforward, str) else self.feedforward)
         extra = sorted(set(self.feedforward) - set(self.targets))
         if extra:
             raise ConfigError(

@@ -25,7 +25,8 @@ from peftkit.core.state import Applied, get_state
 from peftkit.core.surgery import UndoRecord
 from peftkit.methods.hf_peft.apply import inject_low_rank
 from peftkit.methods.hf_peft.config import QLoRA
-from peftkit.methods.hf_peft.targets import base_model, check_single_peft, resolve_targets
+from peftkit.methods.hf_peft.resolve import resolve_targets
+from peftkit.methods.hf_peft.targets import base_model, check_single_peft
 
 _MISSING = object()
 

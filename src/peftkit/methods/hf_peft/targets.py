@@ -1,5 +1,5 @@
-"""Shared plumbing for the peft-backed methods: roles -> exact module paths, in-place injection with undo,
-and the trainable parameters found structurally through peft's tuner layers (``adapter_layer_names``).
+"""Shared plumbing for the peft-backed methods: the task type, one peft method per model, in-place injection
+with undo, merge, and the trainable parameters found through peft's tuner layers (``adapter_layer_names``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from typing import Any
 from torch import nn
 
 from peftkit.core.errors import UnsupportedError
-from peftkit.core.spec import BackboneSpec
 from peftkit.core.state import get_state
 from peftkit.core.surgery import UndoRecord, get_module, set_module
 
@@ -63,37 +62,6 @@ def layer_types(kind: str) -> tuple[type, ...]:
     if bnb is not None and kind in ("lora", "dora"):
         types += [bnb.nn.Linear4bit, bnb.nn.Linear8bitLt]
     return tuple(types)
-
-
-def resolve_targets(root: nn.Module, spec: BackboneSpec, roles: Sequence[str], allowed: tuple[type, ...],
-                    method: str) -> list[str]:
-    """Exact module paths of ``roles`` in every block, looking inside peftkit wrappers (``base_layer``).
-
-    Raises:
-        UnsupportedError: an unknown role (the message lists the backbone's roles), a role whose module peft
-            cannot adapt, or a module that another peft method already adapted.
-    """
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    paths: list[str] = []
-    for role in dict.fromkeys(roles):
-        for path in spec.role_paths(root, role):
-            m = get_module(root, path)
-            while (not isinstance(m, allowed) and not isinstance(m, BaseTunerLayer)
-                   and isinstance(getattr(m, "base_layer", None), nn.Module)):
-                path, m = f"{path}.base_layer", m.base_layer   # through our own wrappers (adapters, ...)
-            if isinstance(m, BaseTunerLayer):
-                raise UnsupportedError(
-                    f"{method}: role '{role}' ({path}) is already adapted by a peft method"
-                )
-            if not isinstance(m, allowed):
-                names = ", ".join(sorted({t.__name__ for t in allowed}))
-                raise UnsupportedError(
-                    f"{method}: role '{role}' is a {type(m).__name__} ({path}); "
-                    f"peft's {method} adapts {names}"
-                )
-            paths.append(path)
-    return paths
 
 
 def inject(root: nn.Module, peft_config: Any, paths: list[str], record: UndoRecord) -> list[nn.Module]:
