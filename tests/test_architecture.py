@@ -3,7 +3,7 @@ of ``src/`` for the calls peftkit never makes (a shell, pickle, eval/exec, unsaf
 
 Layers (a module may import its own layer and the ones below, never one above):
     0 core   1 ops, layers, metrics   2 backbones, methods, data   3 measure   4 train   5 recipes
-    6 bench   7 cli;   ``peftkit/__init__.py`` is the package top and may import anything.
+    6 bench   7 cli;   ``peftkit/__init__.py`` and ``__main__.py`` are the package top: they import anything.
 The package top is also the public API (``import peftkit as pk``): the applications of the library (layers 4
 and up: train, recipes, bench, cli) may use it; layers 0-3 import the module that defines a name.
 Besides: backbones, methods and data never import each other, and one method folder never imports another
@@ -100,8 +100,13 @@ def imports_of(source: str, current: str, is_package: bool, known: set[str]) -> 
     return [(line, m) for line, m in found if m == "peftkit" or m.startswith("peftkit.")]
 
 
+TOP = ("peftkit", "peftkit.__main__")  # the package top: the public API and the ``python -m peftkit`` command
+
+
 def area(module: str) -> str | None:
     """The second component (``core``, ``methods`` ...) of a peftkit module; None for the package top."""
+    if module in TOP:
+        return None
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else None
 
@@ -168,7 +173,8 @@ def violations() -> list[Violation]:
 
 def test_every_area_is_in_a_layer() -> None:
     areas = {p.name if p.is_dir() else p.stem for p in PKG.iterdir()
-             if (p.is_dir() and (p / "__init__.py").exists()) or (p.suffix == ".py" and p.stem != "__init__")}
+             if (p.is_dir() and (p / "__init__.py").exists())
+             or (p.suffix == ".py" and f"peftkit.{p.stem}" not in TOP and p.stem != "__init__")}
     assert areas - set(LAYERS) == set(), "place every subpackage of peftkit in a layer (docs/design.md)"
 
 

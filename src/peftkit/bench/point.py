@@ -78,7 +78,7 @@ def run_row(cfg: PointBenchConfig, slug: str) -> dict[str, Any]:
     args = [
         sys.executable,
         "-m",
-        "peftkit.cli",
+        "peftkit",
         "train",
         f"configs/point/kicad__{stem}.yaml",
         f"out_dir={out}",

@@ -123,7 +123,7 @@ def run_row(cfg: BenchConfig, row: str, seed: int) -> dict[str, Any]:
     if not (run_dir / "metrics.json").is_file():
         env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads), "MKL_NUM_THREADS": str(cfg.threads)}
         t0 = time.time()
-        res = subprocess.run([sys.executable, "-m", "peftkit.cli", "train", *args, "--no-progress"],
+        res = subprocess.run([sys.executable, "-m", "peftkit", "train", *args, "--no-progress"],
                              env=env, capture_output=True, text=True)
         if res.returncode != 0:
             raise RuntimeError(f"peftkit train {' '.join(args)} failed (exit {res.returncode}):\n"
