@@ -36,11 +36,24 @@ from peftkit.core.errors import UnsupportedError
 
 @dataclass(frozen=True)
 class StackSpec:
-    """One stack of identical transformer blocks (an encoder, or a decoder)."""
+    """One stack of identical transformer blocks (an encoder, or a decoder).
 
-    name: str  # "encoder" / "decoder"
-    blocks: str  # path from the model root to the nn.ModuleList of blocks
-    roles: Mapping[str, str]  # role -> path inside one block
+    Attributes:
+        name: ``"encoder"`` / ``"decoder"``.
+        blocks: path from the model root to the nn.ModuleList of blocks.
+        roles: role -> path inside one block (besides the roles above, ``drop_path``: the stochastic-depth
+            module a pre-LN block applies to each residual branch, where it has one).
+        input_adds: names of block arguments the block adds to its hidden state on entry, before its
+            first norm (the point transformer's ``pos``: ``h = x + pos``); methods that re-run a block's
+            sub-modules themselves (MEFT) add them too.
+        returns_tuple: the block returns ``(hidden_states, ...)`` rather than the tensor (MPNet).
+    """
+
+    name: str
+    blocks: str
+    roles: Mapping[str, str]
+    input_adds: tuple[str, ...] = ()
+    returns_tuple: bool = False
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any
 
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 import peftkit as pk
+from peftkit.core.state import get_state
 from peftkit.methods.meft.apply import find_stack
 from peftkit.methods.meft.checks import (
     ReconstructionError,
@@ -243,9 +245,16 @@ def test_too_many_rev_layers(tiny: Any) -> None:
         pk.apply(tiny.build("tiny_bert"), pk.MEFT(num_rev_layers=3))
 
 
-def test_unsupported_family(tiny: Any) -> None:
-    with pytest.raises(pk.UnsupportedError, match="MEFT supports the families"):
+def test_unsupported_specs(tiny: Any) -> None:
+    with pytest.raises(pk.UnsupportedError, match="single-stack models; 't5' has 2 stacks"):
         pk.apply(tiny.build("tiny_t5"), pk.MEFT())
+    model = tiny.build("tiny_bert")
+    spec = pk.get_spec(model)
+    attn_only = dataclasses.replace(spec.stacks[0], roles={"attn": spec.stacks[0].roles["attn"]})
+    for bad, match in [(dataclasses.replace(spec, layout="sandwich_ln"), "layout 'sandwich_ln'"),
+                       (dataclasses.replace(spec, stacks=(attn_only,)), "needs the roles")]:
+        with pytest.raises(pk.UnsupportedError, match=match):
+            pk.apply(model, pk.MEFT(), spec=bad)
 
 
 def test_unknown_adapter_act(tiny: Any) -> None:
@@ -271,11 +280,7 @@ def test_block_replaced_after_meft_is_refused(tiny: Any) -> None:
     stack._modules["1"] = block
     block.register_forward_hook(lambda m, a, out: out)
     tiny.forward(model, "tiny_bert")   # an observing hook (profilers, memory accounting) is fine
-    hook = lambda m, a, out: out  # noqa: E731
-    hook.__module__ = "peftkit.methods.point_peft.apply"  # what a block-hooking method looks like
-    block.register_forward_hook(hook)
-    with pytest.raises(pk.UnsupportedError, match="block 1 has forward hooks"):
-        tiny.forward(model, "tiny_bert")
+    assert get_state(model).wraps_blocks() == ["meft"]  # what later block-wrapping methods read
 
 
 def test_point_peft_then_meft_is_refused() -> None:

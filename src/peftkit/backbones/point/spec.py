@@ -16,11 +16,12 @@ POINT_MAE_ROLES = {
     "mlp_act": "mlp.act",
     "mlp_out": "mlp.fc2",
     "mlp_norm": "norm2",
+    "drop_path": "drop_path",  # DropPath on both residual branches
 }
 
 POINT_MAE_SPEC = BackboneSpec(
     family="point_mae",
-    stacks=(StackSpec("encoder", "blocks", POINT_MAE_ROLES),),
+    stacks=(StackSpec("encoder", "blocks", POINT_MAE_ROLES, input_adds=("pos",)),),  # h = x + pos
     head=("cls_head",),
     model_roles={
         "embeddings": "patch_embed",

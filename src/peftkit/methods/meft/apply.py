@@ -13,6 +13,8 @@ and the block list is replaced by a :class:`ReversibleStack` (undone by ``pk.rem
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from torch import nn
 
 from peftkit.core.errors import ConfigError, UnsupportedError
@@ -20,24 +22,21 @@ from peftkit.core.params import adapter_parameters
 from peftkit.core.spec import BackboneSpec
 from peftkit.core.state import Applied, get_state
 from peftkit.core.surgery import UndoRecord
+from peftkit.layers.bottleneck import Bottleneck, activation
 from peftkit.methods.meft.blocks import (
     BlockOps,
-    MeftAdapter,
     SubNet,
     backbone_defaults,
-    check_family,
+    check_spec,
     check_stateless,
-    method_hooks,
+    meft_adapter,
 )
 from peftkit.methods.meft.config import MEFT
 from peftkit.methods.meft.coupling import Coupling
 from peftkit.methods.meft.stack import ReversibleStack
 
-# Methods that replace whole blocks (MEFT calls the blocks' sub-modules: a block wrapper would be bypassed).
-_BLOCK_WRAPPERS = ("point_peft",)
 
-
-def _subnets(variant: str, ops: BlockOps, fa: MeftAdapter, ga: MeftAdapter) -> tuple[SubNet, SubNet]:
+def _subnets(variant: str, ops: BlockOps, fa: Bottleneck, ga: Bottleneck) -> tuple[SubNet, SubNet]:
     if variant == "meft1":
         return SubNet("layer", fa, ops), SubNet("adapter", ga, None)
     if variant == "meft2":
@@ -45,7 +44,7 @@ def _subnets(variant: str, ops: BlockOps, fa: MeftAdapter, ga: MeftAdapter) -> t
     return SubNet("attn", fa, ops), SubNet("ffn", ga, ops)
 
 
-def _width(block: nn.Module, roles: dict[str, str]) -> int:
+def _width(block: nn.Module, roles: Mapping[str, str]) -> int:
     out = block.get_submodule(roles["mlp_out"])
     width = getattr(out, "out_features", None) or getattr(getattr(out, "base_layer", None), "out_features",
                                                           None)
@@ -63,13 +62,12 @@ def apply_meft(model: nn.Module, spec: BackboneSpec, config: MEFT) -> Applied:
             already applied that wraps whole blocks.
         ConfigError: ``num_rev_layers`` larger than the number of blocks.
     """
-    check_family(spec)
+    stack_spec = check_spec(spec)
     state = get_state(model)
-    clash = [n for n in (state.method_names() if state else []) if n in _BLOCK_WRAPPERS]
+    clash = state.wraps_blocks() if state else []
     if clash:
         raise UnsupportedError(f"MEFT cannot be stacked after {clash}: it wraps whole blocks, which MEFT "
-                               "bypasses")
-    stack_spec = spec.stacks[0]
+                               "bypasses (it calls the blocks' sub-modules)")
     blocks = model.get_submodule(stack_spec.blocks)
     if isinstance(blocks, ReversibleStack) or not isinstance(blocks, nn.ModuleList):
         raise UnsupportedError(f"MEFT expects an nn.ModuleList at '{stack_spec.blocks}', found "
@@ -80,22 +78,18 @@ def apply_meft(model: nn.Module, spec: BackboneSpec, config: MEFT) -> Applied:
         raise ConfigError(f"MEFT num_rev_layers={k} but the model has only {n} blocks")
     for i, b in enumerate(blocks):
         check_stateless(b, f"{stack_spec.blocks}.{i}")
-        if method_hooks(b):
-            raise UnsupportedError(f"MEFT: block {stack_spec.blocks}.{i} has forward hooks of "
-                                   f"{method_hooks(b)} (a method acting on whole blocks); MEFT bypasses "
-                                   "block.forward")
 
-    roles = dict(stack_spec.roles)
     act, drop = backbone_defaults(model)
     act = config.adapter_act or act
+    activation(act, "MEFT adapter_act")  # an unknown name: ConfigError listing the known ones
     drop = drop if config.adapter_dropout is None else config.adapter_dropout
     lam, beta, switch = config.resolved()
     ops, couplings = [], []
     for b in blocks:
-        o = BlockOps(b, roles, spec.family)
-        ref, width = next(b.parameters()), _width(b, roles)
-        fa, ga = (MeftAdapter(width, config.adapter_dim, act, drop, config.adapter_init_std)
-                  .to(device=ref.device, dtype=ref.dtype) for _ in range(2))
+        o = BlockOps(b, stack_spec, spec.layout)
+        ref, width = next(b.parameters()), _width(b, stack_spec.roles)
+        fa, ga = (meft_adapter(width, config.adapter_dim, act, drop, config.adapter_init_std, ref)
+                  for _ in range(2))
         f, g = _subnets(config.variant, o, fa, ga)
         ops.append(o)
         couplings.append(Coupling(f, g, lam, beta, switch))
@@ -106,7 +100,7 @@ def apply_meft(model: nn.Module, spec: BackboneSpec, config: MEFT) -> Applied:
     record = UndoRecord()
     record.replace(model, stack_spec.blocks, stack)
     params = adapter_parameters([stack.couplings])
-    return Applied("meft", config, params=lambda: params, undo=record.undo)
+    return Applied("meft", config, params=lambda: params, undo=record.undo, wraps_blocks=True)
 
 
 def find_stack(model: nn.Module) -> ReversibleStack:

@@ -1,22 +1,27 @@
-"""MEFT's F and G: adapters and the pretrained sub-blocks they wrap, per backbone family.
+"""MEFT's F and G: adapters and the pretrained sub-blocks they wrap, found through the BackboneSpec.
 
 "Make Pre-trained Model Reversible" (Liao, Tan, Monz; NeurIPS 2023; arXiv 2306.00477), Fig. 4 c/d:
 F and G are built from the PLM's own layer (with its residual connections and norms) and bottleneck adapters
-``A(x) = W_up Drop(act(W_down x))``, both matrices N(0, 0.02²), biases 0, so that A(x) ≈ 0 at init.
+``A(x) = W_up Drop(act(W_down x))``, both matrices N(0, 0.02²), biases 0, so that A(x) ≈ 0 at init
+(:class:`peftkit.layers.bottleneck.Bottleneck` with ``init="normal"``).
 
-Sub-blocks, called through the BackboneSpec roles (``attn``, ``attn_norm``, ``mlp_in``, ``mlp_out``, ``mlp``,
-``mlp_norm``) on the block's own modules (the block stays where it is in the model):
+Sub-blocks, called through the spec's roles (``attn``, ``attn_norm``, ``mlp_in``, ``mlp_out``, ``mlp``,
+``mlp_norm``, optional ``drop_path``) on the block's own modules (the block stays where it is in the model),
+chosen by ``BackboneSpec.layout``:
 
-    post-LN (BERT, RoBERTa, MPNet):  attention(x) = LN1(x + Drop(Attn(x)) [+ A(x)])
+    post_ln (BERT, RoBERTa, MPNet):  attention(x) = LN1(x + Drop(Attn(x)) [+ A(x)])
                                      ffn(h)       = LN2(h + Drop(W_out act(W_in h)) + A(h))   (parallel)
-    pre-LN (Llama):                  attention(x) = x + Attn(N1(x)) [+ A(N1(x))]
-                                     ffn(h)       = h + MLP(N2(h)) + A(N2(h))
-    pre-LN point transformer:        same as Llama on h = x + pos, with the block's DropPath on each branch
+    pre_ln (Llama, point transformer):
+                                     attention(x) = h + DP(Attn(N1(h))) [+ A(N1(h))],  h = x + sum of adds
+                                     ffn(h)       = h + DP(MLP(N2(h))) + A(N2(h))
     layer(x) = ffn(attention(x))
 
-In a post-LN block the adapter is added to the norm's input, as in the reference ``RevBertOutput``
-(``LN(Drop(W_out act(W_in h)) + A(h) + h)``). For MEFT3's attention adapter we use the same parallel form;
-the reference puts a sequential adapter after the attention output projection (see docs/methods/meft.md).
+where "adds" are the block arguments named in ``StackSpec.input_adds`` (the point transformer's ``pos``) and
+DP is the block's ``drop_path`` role (identity where it has none). A pre-LN attention module receives the
+block arguments its ``forward`` accepts. In a post-LN block the adapter is added to the norm's input, as in
+the reference ``RevBertOutput`` (``LN(Drop(W_out act(W_in h)) + A(h) + h)``). For MEFT3's attention adapter we
+use the same parallel form; the reference puts a sequential adapter after the attention output projection
+(see docs/methods/meft.md).
 
 Shape legend: b batch, t tokens, d model width, r adapter width.
 """
@@ -31,43 +36,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftkit.core.errors import ConfigError, UnsupportedError
-from peftkit.core.spec import BackboneSpec
+from peftkit.core.errors import UnsupportedError
+from peftkit.core.spec import BackboneSpec, StackSpec
+from peftkit.layers.bottleneck import Bottleneck
 
-POST_LN_FAMILIES = ("bert", "roberta", "xlm-roberta", "mpnet")
-PRE_LN_FAMILIES = ("llama",)
-POINT_FAMILIES = ("point_mae",)
-SUPPORTED = POST_LN_FAMILIES + PRE_LN_FAMILIES + POINT_FAMILIES
-_TUPLE_OUTPUT = ("mpnet",)                # families whose layer returns (hidden_states, ...)
+LAYOUTS = ("post_ln", "pre_ln")
 _CACHE_KEYS = ("past_key_values", "past_key_value")
-
-_ACTS = {
-    "gelu": lambda: nn.GELU(), "gelu_new": lambda: nn.GELU(approximate="tanh"),
-    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
-    "gelu_pytorch_tanh": lambda: nn.GELU(approximate="tanh"),
-    "relu": lambda: nn.ReLU(), "silu": lambda: nn.SiLU(), "swish": lambda: nn.SiLU(),
-}
+_NEEDS = {"post_ln": ("attn", "attn_norm", "mlp_in", "mlp_out", "mlp_norm"),
+          "pre_ln": ("attn", "attn_norm", "mlp", "mlp_norm")}
 
 
-class MeftAdapter(nn.Module):
-    """Bottleneck adapter ``[b, t, d] -> [b, t, d]``: up(Drop(act(down(x)))); weights N(0, std²), bias 0."""
-
-    def __init__(self, dim: int, rank: int, act: str, dropout: float, init_std: float) -> None:
-        super().__init__()
-        if act not in _ACTS:
-            raise ConfigError(f"MEFT adapter_act '{act}' is unknown; choose one of: "
-                              f"{', '.join(sorted(_ACTS))}")
-        self.down, self.up = nn.Linear(dim, rank), nn.Linear(rank, dim)
-        self.act, self.drop = _ACTS[act](), nn.Dropout(dropout)
-        for lin in (self.down, self.up):
-            nn.init.normal_(lin.weight, std=init_std)
-            nn.init.zeros_(lin.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.drop(self.act(self.down(x))))
-
-    def adapter_params(self) -> list[str]:
-        return ["down.weight", "down.bias", "up.weight", "up.bias"]
+def meft_adapter(dim: int, rank: int, act: str, dropout: float, init_std: float,
+                 ref: torch.Tensor) -> Bottleneck:
+    """MEFT's adapter ``[b, t, d] -> [b, t, d]``: up(Drop(act(down(x)))), W ~ N(0, init_std²), biases 0, on
+    the device and in the dtype of ``ref``."""
+    return Bottleneck(dim, rank, activation=act, init="normal", init_std=init_std, dropout=dropout,
+                      dtype=ref.dtype, device=ref.device)
 
 
 @contextmanager
@@ -84,36 +68,43 @@ def _first(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def _accepted(fn: Any) -> tuple[set[str], bool]:
+    """Keyword names ``fn`` accepts after its first argument, and whether it takes ``**kwargs``."""
+    params = list(inspect.signature(fn).parameters.values())[1:]
+    return {p.name for p in params}, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
 class BlockOps:
     """The attention and FFN sub-blocks of one pretrained block, called through its roles.
 
     Not an nn.Module on purpose: the block stays registered where it was, so parameter names do not change.
     """
 
-    def __init__(self, block: nn.Module, roles: dict[str, str], family: str) -> None:
-        self.block, self.family = block, family
-        self.post_ln = family in POST_LN_FAMILIES
-        need = ("attn", "attn_norm", "mlp_in", "mlp_out", "mlp_norm") if self.post_ln else \
-            ("attn", "attn_norm", "mlp", "mlp_norm")
-        missing = [r for r in need if r not in roles]
+    def __init__(self, block: nn.Module, stack: StackSpec, layout: str) -> None:
+        self.block, self.layout = block, layout
+        self.post_ln = layout == "post_ln"
+        roles = stack.roles
+        missing = [r for r in _NEEDS[layout] if r not in roles]
         if missing:
-            raise UnsupportedError(f"MEFT needs the roles {missing} of a '{family}' block; its spec lacks "
-                                   "them")
-        self.paths = {r: roles[r] for r in need}
+            raise UnsupportedError(f"MEFT needs the roles {missing} of a {layout} block; the spec lacks them")
+        self.paths = {r: roles[r] for r in _NEEDS[layout]}
+        if "drop_path" in roles:
+            self.paths["drop_path"] = roles["drop_path"]
+        self.input_adds, self.returns_tuple = tuple(stack.input_adds), stack.returns_tuple
         if self.post_ln:  # BertIntermediate(h) = act(W_in h); BertOutput(u, res) = LN(Drop(W_out u) + res)
             self.paths["ffn_in"] = roles["mlp_in"].rpartition(".")[0]
             self.paths["ffn_out"] = roles["mlp_out"].rpartition(".")[0]
             if self.paths["ffn_out"] != roles["mlp_norm"].rpartition(".")[0]:
-                raise UnsupportedError(f"MEFT: '{family}' block's mlp_out and mlp_norm have different "
-                                       "parents")
+                raise UnsupportedError("MEFT: a post-LN block's mlp_out and mlp_norm have different parents")
         self._sig = inspect.signature(block.forward)
+        self._attn_kw = _accepted(self._m("attn").forward)
 
     def _m(self, role: str) -> nn.Module:
         # Resolved per call: a method stacked after MEFT (LoRA, DEFT) may have replaced a submodule.
         return self.block.get_submodule(self.paths[role])
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        """The block's call arguments after hidden_states, by name (what HF passes to every layer)."""
+        """The block's call arguments after hidden_states, by name (what the backbone passes each block)."""
         bound = self._sig.bind(None, *args, **kwargs).arguments
         bound.pop(next(iter(self._sig.parameters)))
         for name, p in self._sig.parameters.items():
@@ -125,11 +116,14 @@ class BlockOps:
         return bound
 
     def wrap_output(self, h: torch.Tensor) -> Any:
-        return (h,) if self.family in _TUPLE_OUTPUT else h
+        return (h,) if self.returns_tuple else h
 
     def _drop_path(self, x: torch.Tensor) -> torch.Tensor:
-        dp = getattr(self.block, "drop_path", None)  # point transformer: stochastic depth per branch
-        return dp(x) if dp is not None else x
+        return self._m("drop_path")(x) if "drop_path" in self.paths else x
+
+    def _attn_args(self, ctx: dict[str, Any]) -> dict[str, Any]:
+        names, var_kw = self._attn_kw
+        return {k: v for k, v in ctx.items() if var_kw or k in names}
 
     def attention(self, x: torch.Tensor, ctx: dict[str, Any],
                   adapter: nn.Module | None = None) -> torch.Tensor:
@@ -138,13 +132,11 @@ class BlockOps:
             hook = _added_to_input(self._m("attn_norm"), adapter(x)) if adapter is not None else nullcontext()
             with hook:
                 return _first(self._m("attn")(x, **ctx))
-        if self.family in POINT_FAMILIES:
-            h = x + ctx["pos"]
-            u = self._m("attn_norm")(h)
-            out = h + self._drop_path(self._m("attn")(u))
-        else:
-            u = self._m("attn_norm")(x)
-            out = x + _first(self._m("attn")(u, **ctx))
+        h = x
+        for name in self.input_adds:
+            h = h + ctx[name]
+        u = self._m("attn_norm")(h)
+        out = h + self._drop_path(_first(self._m("attn")(u, **self._attn_args(ctx))))
         return out if adapter is None else out + adapter(u)
 
     def ffn(self, h: torch.Tensor, adapter: nn.Module | None = None) -> torch.Tensor:
@@ -163,7 +155,7 @@ class SubNet(nn.Module):
 
     KINDS = ("layer", "attn", "ffn", "adapter")
 
-    def __init__(self, kind: str, adapter: MeftAdapter, ops: BlockOps | None) -> None:
+    def __init__(self, kind: str, adapter: Bottleneck, ops: BlockOps | None) -> None:
         super().__init__()
         if kind not in self.KINDS or (kind != "adapter" and ops is None):
             raise ValueError(f"bad SubNet kind {kind!r}")
@@ -189,16 +181,20 @@ class SubNet(nn.Module):
         return f"kind={self.kind!r}"
 
 
-def check_family(spec: BackboneSpec) -> None:
-    """Raise UnsupportedError unless MEFT knows how to split this family's blocks into F and G."""
-    if spec.family not in SUPPORTED:
-        raise UnsupportedError(
-            f"MEFT supports the families {', '.join(SUPPORTED)} (BERT-style post-LN encoders, Llama-style "
-            f"pre-LN decoders, the point transformer); '{spec.family}' is not one of them"
-        )
+def check_spec(spec: BackboneSpec) -> StackSpec:
+    """The one stack MEFT converts; UnsupportedError unless the spec says how to split its blocks."""
+    if spec.layout not in LAYOUTS:
+        raise UnsupportedError(f"MEFT splits {' / '.join(LAYOUTS)} blocks; '{spec.family}' has layout "
+                               f"'{spec.layout}'")
     if len(spec.stacks) != 1:
         raise UnsupportedError(f"MEFT converts single-stack models; '{spec.family}' has "
                                f"{len(spec.stacks)} stacks")
+    stack = spec.stacks[0]
+    missing = [r for r in _NEEDS[spec.layout] if r not in stack.roles]
+    if missing:
+        raise UnsupportedError(f"MEFT needs the roles {missing} of a {spec.layout} block; the spec of "
+                               f"'{spec.family}' lacks them")
+    return stack
 
 
 def check_stateless(block: nn.Module, where: str) -> None:
@@ -212,15 +208,6 @@ def check_stateless(block: nn.Module, where: str) -> None:
             )
 
 
-def method_hooks(block: nn.Module) -> list[str]:
-    """Modules of the peftkit methods that put forward (pre-)hooks on ``block`` (e.g. Point-PEFT). MEFT calls
-    the block's sub-modules, never ``block.forward``, so such hooks would silently not run. (Hooks of
-    measurement tools or HF's output capturing only observe; they are not counted.)"""
-    hooks = [*block._forward_pre_hooks.values(), *block._forward_hooks.values()]
-    names = [getattr(h, "__module__", "") or "" for h in hooks]
-    return [n for n in names if n.startswith("peftkit.methods.") and not n.startswith("peftkit.methods.meft")]
-
-
 def backbone_defaults(model: nn.Module) -> tuple[str, float]:
     """(adapter activation, adapter dropout) the reference takes from the backbone config."""
     cfg = getattr(model, "config", None)
@@ -229,5 +216,5 @@ def backbone_defaults(model: nn.Module) -> tuple[str, float]:
     return (act if isinstance(act, str) else "gelu"), float(drop or 0.0)
 
 
-__all__ = ["MeftAdapter", "BlockOps", "SubNet", "check_family", "check_stateless", "backbone_defaults",
-           "method_hooks", "SUPPORTED"]
+__all__ = ["BlockOps", "SubNet", "check_spec", "check_stateless", "backbone_defaults", "meft_adapter",
+           "LAYOUTS"]

@@ -28,7 +28,7 @@ from torch import nn
 
 from peftkit.core.errors import ConfigError, UnsupportedError
 from peftkit.methods.meft.autograd import rev_apply
-from peftkit.methods.meft.blocks import _CACHE_KEYS, BlockOps, method_hooks
+from peftkit.methods.meft.blocks import _CACHE_KEYS, BlockOps
 from peftkit.methods.meft.coupling import Coupling
 
 
@@ -173,16 +173,13 @@ class ReversibleStack(nn.Module):
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
 
     def _check_blocks(self) -> None:
-        """MEFT calls the blocks' sub-modules, never ``block.forward``: a replaced block, or a block another
-        peftkit method hooks, would be bypassed silently."""
+        """MEFT calls the blocks' sub-modules, never ``block.forward``: a block replaced after MEFT was
+        applied would be bypassed silently. (Methods that wrap blocks say so in ``Applied.wraps_blocks``;
+        MEFT refuses to follow them, and says it wraps blocks itself.)"""
         for i, ops in enumerate(self.ops):
             if self._modules[str(i)] is not ops.block:
                 raise UnsupportedError(f"block {i} of the MEFT stack was replaced after MEFT was applied; "
                                        "MEFT calls the original block's sub-modules; that method cannot run")
-            if method_hooks(ops.block):
-                raise UnsupportedError(f"block {i} has forward hooks of {method_hooks(ops.block)} (a "
-                                       "method acting on whole blocks); MEFT bypasses block.forward, so they "
-                                       "would not run")
 
     def extra_repr(self) -> str:
         return (f"blocks={len(self)}, num_rev={self.num_rev}, "
