@@ -82,3 +82,28 @@ def test_softmax_probe_separates_separable_data() -> None:
     assert accuracy(fit_softmax(x[:45], y[:45], 3, 1e-3), x[45:], y[45:]) == 1.0
     shuffled = y[torch.randperm(60, generator=g)]
     assert accuracy(fit_softmax(x[:45], shuffled[:45], 3, 1e-3), x[45:], shuffled[45:]) < 0.9
+
+
+def test_cost_profile_parts_add_up() -> None:
+    """The profile's forward parts are positive and fit inside the measured forward and step."""
+    import peftkit as pk
+    from peftkit.bench.point_peft_cost import profile
+    from peftkit.methods.point_peft.config import PointPEFT
+
+    base = pk.load_backbone("tiny_point", num_labels=3)
+    model = pk.apply(base, [PointPEFT(use_bank=False, prompt_layers=1)])
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    x, y = torch.rand(2, 128, 3), torch.tensor([0, 2])
+
+    def step() -> None:
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    prof = profile(model, step, rounds=2)
+    parts = ["grouping (FPS + kNN)", "attention", "MLP (+ parallel adapter)", "GA local attention"]
+    parts.append("GA token adapter")
+    assert all(prof[p] > 0 for p in parts)
+    assert sum(prof[p] for p in parts) < prof["forward (total)"] < prof["step (total)"]
+    assert prof["backward + optimiser step"] > 0
