@@ -15,4 +15,5 @@ BENCHES: dict[str, tuple[str, str]] = {
     "point": ("peftkit.bench.point",
               "KiCad classification: full FT, linear probe, LoRA, pretrained vs random"),
     "point_peft": ("peftkit.bench.point_peft", "Point-PEFT vs baselines and ablations on KiCad"),
+    "point_peft_cost": ("peftkit.bench.point_peft_cost", "Point-PEFT step time, peak and profile vs full FT"),
 }
