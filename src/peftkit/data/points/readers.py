@@ -7,7 +7,7 @@ point ``root`` at them (docs/point.md):
   ``modelnet40_{train,test}.txt``
   (ids like ``airplane_0001``), and ``<class>/<id>.txt`` with one ``x,y,z,nx,ny,nz`` row per point; or the
   Point-BERT cache ``modelnet40_{split}_8192pts_fps.dat`` (a pickle of ``[list of [8192, 6] float32 arrays,
-  list of [1] int arrays]``), read with an unpickler that only rebuilds numpy arrays.
+  list of [1] int arrays]``), read by walking its opcodes (``dat_cache``): nothing is unpickled.
   Clouds are normalised like ``pc_normalize`` (centroid, unit sphere).
 - ScanObjectNN, ``h5_files/``: ``main_split/{training,test}_objectdataset.h5`` (OBJ_BG),
   ``main_split_nobg/...`` (OBJ_ONLY), ``main_split/{training,test}_objectdataset_augmentedrot_scale75.h5``
@@ -20,14 +20,13 @@ Shapes: c clouds, m points per cloud.
 
 from __future__ import annotations
 
-import io
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from peftkit.core.errors import DataError
+from peftkit.data.points.dat_cache import read_array_pickle
 from peftkit.data.points.sampling import normalize_unit_sphere
 
 
@@ -56,32 +55,14 @@ def _checked(p: np.ndarray, where: str) -> np.ndarray:
     return p[:, :3].astype(np.float32)
 
 
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles lists of numpy arrays and nothing else (a .dat cache is data, not code)."""
-
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-    }
-
-    def find_class(self, module: str, name: str) -> type:
-        if (module, name) not in self.ALLOWED:
-            raise DataError(f"refusing to unpickle {module}.{name} from a ModelNet .dat cache")
-        return super().find_class(module, name)
-
-
 def read_modelnet(root: Path, split: str, num_category: int = 40, cache_points: int = 8192) -> Clouds:
     """ModelNet40/10 ``split`` ("train" or "test"), from the .dat cache if present, else the text files."""
     names = _lines(root / f"modelnet{num_category}_shape_names.txt")
     dat = root / f"modelnet{num_category}_{split}_{cache_points}pts_fps.dat"
     if dat.is_file():
         try:
-            pts, labels = _NumpyOnlyUnpickler(io.BytesIO(dat.read_bytes())).load()
-        except (pickle.UnpicklingError, EOFError, ValueError) as e:
+            pts, labels = read_array_pickle(dat.read_bytes(), str(dat))
+        except (ValueError, TypeError) as e:  # not a [points, labels] pair
             raise DataError(f"{dat}: not a Point-BERT ModelNet cache ({e})") from None
         clouds = [
             normalize_unit_sphere(_checked(np.asarray(p), f"{dat.name}[{i}]")) for i, p in enumerate(pts)
