@@ -86,6 +86,13 @@ def write_tensor_dir(
     """
     from safetensors.torch import save_file
 
+    if final.is_file() or final.is_symlink():
+        raise CheckpointError(f"{final} is an existing file; save the checkpoint to a directory path")
+    if final.is_dir() and any(final.iterdir()) and not any((final / n).is_file() for n in json_files):
+        raise CheckpointError(
+            f"{final} is a directory that is not a peftkit checkpoint ({fmt}); save to a new path "
+            "(only a checkpoint directory is ever replaced)"
+        )
     tmp = atomic_dir(final)
     try:
         for name, tensors in tensor_files.items():
@@ -109,9 +116,26 @@ def read_adapter_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(
             f"{p} is not valid JSON ({e.msg} at line {e.lineno}); the checkpoint is corrupt"
         ) from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{p} must hold a JSON object, not {type(cfg).__name__} (a corrupt checkpoint)")
     if cfg.get("format") != FORMAT:
         raise CheckpointError(f"{p} is not a peftkit adapter checkpoint (format {cfg.get('format')!r})")
+    _check_layout(p, cfg)
     return cfg
+
+
+def _check_layout(p: Path, cfg: dict[str, Any]) -> None:
+    """The keys load_adapter reads: ``backbone`` (text), ``methods`` ([{name: text, config: {...}}, ...])."""
+    for key in ("backbone", "methods"):
+        if key not in cfg:
+            raise CheckpointError(f"{p} has no '{key}'; the checkpoint is incomplete (re-save it)")
+    if not isinstance(cfg["backbone"], str):
+        raise CheckpointError(f"{p}: 'backbone' must be a backbone name, got {cfg['backbone']!r}")
+    if not isinstance(cfg["methods"], list) or not cfg["methods"]:
+        raise CheckpointError(f"{p}: 'methods' must be a list of {{name, config}}, got {cfg['methods']!r}")
+    for i, m in enumerate(cfg["methods"]):
+        if not (isinstance(m, dict) and isinstance(m.get("name"), str) and isinstance(m.get("config"), dict)):
+            raise CheckpointError(f"{p}: methods[{i}] must be a mapping {{name: ..., config: {{}}}}: {m!r}")
 
 
 def method_configs_from_checkpoint(cfg: dict[str, Any]) -> list[Any]:
