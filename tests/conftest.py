@@ -75,6 +75,15 @@ TINY_BACKBONES: dict[str, TinyBackbone] = {
     "tiny_llama": TinyBackbone("tiny_llama", {"task": "classification", "num_labels": 3}, _text_batch,
                                hf_classifier=True),
     "tiny_t5": TinyBackbone("tiny_t5", {}, _t5_batch),
+    # families a peft user brings: RoBERTa, Llama-layout decoders, GPT-2's fused qkv Conv1D
+    "tiny_roberta": TinyBackbone("tiny_roberta", {"task": "classification", "num_labels": 3}, _text_batch,
+                                 hf_classifier=True),
+    "tiny_qwen2": TinyBackbone("tiny_qwen2", {"task": "classification", "num_labels": 3}, _text_batch,
+                               hf_classifier=True),
+    "tiny_mistral": TinyBackbone("tiny_mistral", {"task": "classification", "num_labels": 3}, _text_batch,
+                                 hf_classifier=True),
+    "tiny_gpt2": TinyBackbone("tiny_gpt2", {"task": "classification", "num_labels": 3}, _text_batch,
+                              hf_classifier=True),
     "tiny_point": TinyBackbone("tiny_point", {"num_labels": 3}, _point_batch),
 }
 

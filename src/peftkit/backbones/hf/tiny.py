@@ -108,5 +108,5 @@ def tiny_gpt2(
     from transformers import GPT2Config
 
     cfg = GPT2Config(**{"vocab_size": 1000, "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 128,
-                        "pad_token_id": 0, **kw})
+                        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw})
     return _tiny(cfg, task, num_labels, "tiny_gpt2", seed)

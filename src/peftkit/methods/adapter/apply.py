@@ -46,6 +46,8 @@ def features(module: nn.Module, where: str) -> tuple[int, int]:
     m = module
     while True:
         d_in, d_out = getattr(m, "in_features", None), getattr(m, "out_features", None)
+        if d_in is None and d_out is None:   # transformers' Conv1D (GPT-2): nx inputs, nf outputs
+            d_in, d_out = getattr(m, "nx", None), getattr(m, "nf", None)
         if isinstance(d_in, int) and isinstance(d_out, int):
             return d_in, d_out
         inner = getattr(m, "base_layer", None)

@@ -80,6 +80,8 @@ def inject(root: nn.Module, peft_config: Any, paths: list[str], record: UndoReco
         record.on_undo(lambda p=p: set_module(root, p, originals[p]))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Aa]lready found a `peft_config`.*")
+        # GPT-2's Conv1D stores W transposed; peft switches fan_in_fan_out on for it by itself
+        warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False but the target module is")
         inject_adapter_in_model(peft_config, root, adapter_name=ADAPTER_NAME)
     layers = [get_module(root, p) for p in paths]
     for p, layer in zip(paths, layers):
