@@ -62,7 +62,7 @@ MERGEABLE = [
 ]
 
 
-@pytest.mark.parametrize("name", ["tiny_bert", "tiny_llama"])
+@pytest.mark.parametrize("name", ["tiny_bert", "tiny_llama", "tiny_gpt2"])   # GPT-2: W stored transposed
 @pytest.mark.parametrize("mid, make", MERGEABLE, ids=[m[0] for m in MERGEABLE])
 def test_merge_gives_the_unmerged_outputs_with_plain_modules(
     name: str, mid: str, make: Any, tiny: Any
