@@ -77,8 +77,34 @@ def __getattr__(name: str) -> Any:
 
 
 def load_backbone(name: str, **kwargs: Any) -> Any:
-    """Build a registered backbone, e.g. ``load_backbone("minilm", task="classification", num_labels=5)``."""
-    return get_backbone(name)(**kwargs)
+    """Build a registered backbone, e.g. ``load_backbone("minilm", task="classification", num_labels=5)``.
+
+    Raises:
+        ConfigError: ``num_labels`` is not a whole number >= 1 (1 = one regression output), or a keyword the
+            builder does not take (the message lists the ones it does).
+    """
+    builder = get_backbone(name)
+    _check_backbone_kwargs(builder, name, kwargs)
+    return builder(**kwargs)
+
+
+def _check_backbone_kwargs(builder: Any, name: str, kwargs: dict[str, Any]) -> None:
+    import inspect
+
+    n = kwargs.get("num_labels")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool)):
+        raise ConfigError(f"num_labels must be int (the number of classes), got {n!r}")
+    if n is not None and n < 1:
+        raise ConfigError(f"num_labels must be >= 1 (1 = a single regression output), got {n}")
+    try:
+        params = inspect.signature(builder).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return  # the builder forwards extra keywords (e.g. to a model config) and checks them itself
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} for backbone '{name}'; valid keys: {', '.join(params)}")
 
 
 def load_tokenizer(name: str) -> Any:

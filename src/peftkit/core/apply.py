@@ -44,6 +44,8 @@ def apply(
     """
     if not isinstance(methods, (list, tuple)):
         methods = [methods]
+    if not methods:
+        raise ConfigError("pk.apply needs at least one method config, e.g. pk.apply(model, [pk.LoRA()])")
     spec = spec or get_spec(model)
     state = get_state(model)
     created = state is None
