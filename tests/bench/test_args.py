@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,10 @@ class _Cfg:
     reuse: bool = True
     out_dir: str = "runs/x"
     limit: int | None = None
+    mode: str = "fresh"
+    dtypes: str = "fp32"
+    note: str | None = "x"
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def test_values_are_typed() -> None:
@@ -26,7 +31,10 @@ def test_values_are_typed() -> None:
 
 
 @pytest.mark.parametrize("item,msg", [
-    ("sedes=2", r"bench t: unknown option 'sedes=2'; options: limit, lr, out_dir, reuse, seeds"),
+    ("sedes=2", r"bench t: unknown option 'sedes=2'; valid keys: dtypes, limit, lr, mode, note, out_dir, "
+                r"reuse, seeds, backbone.KEY"),
+    ("backbone_kwargs=3", r"unknown option 'backbone_kwargs=3'"),
+    ("data.x=3", r"unknown option 'data.x=3'"),
     ("seeds", r"unknown option 'seeds'"),
     ("seeds=2.5", r"seeds must be int \(a whole number\), got 2.5"),
     ("lr=fast", r"lr must be float \(a number\), got 'fast'"),
@@ -34,3 +42,11 @@ def test_values_are_typed() -> None:
 def test_bad_options(item: str, msg: str) -> None:
     with pytest.raises(pk.ConfigError, match=msg):
         parse_overrides(_Cfg, [item], "t")
+
+
+def test_text_fields_keep_the_text_and_nested_kwargs_collect() -> None:
+    cfg = parse_overrides(_Cfg, ["mode=off", "dtypes=fp32,bf16", "note=null", "backbone.vocab_size=30522",
+                                 "backbone.name=minilm", "out_dir=007"], "t")
+    assert (cfg.mode, cfg.dtypes, cfg.note, cfg.out_dir) == ("off", "fp32,bf16", None, "007")
+    assert cfg.backbone_kwargs == {"vocab_size": 30522, "name": "minilm"}
+    assert _Cfg().backbone_kwargs == {}   # the default is not shared

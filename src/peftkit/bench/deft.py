@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peftkit.bench._args import parse_overrides as parse_bench_overrides
 from peftkit.core.errors import ConfigError
 
 # pair -> (backbone, PEFT method stack, learning rate); as configs/text/bbc_<backbone>__<method>+deft.yaml
@@ -68,19 +69,8 @@ class DeftBenchConfig:
 
 
 def parse_overrides(overrides: list[str]) -> DeftBenchConfig:
-    """``key=value`` strings -> DeftBenchConfig (YAML scalars; unknown keys raise ConfigError)."""
-    import typing
-
-    from peftkit.core.configs import coerce_scalar
-    from peftkit.train.overrides import parse_value
-
-    cfg = DeftBenchConfig()
-    hints = typing.get_type_hints(DeftBenchConfig)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or key not in hints:
-            raise ConfigError(f"bad deft bench override '{item}'; keys: {', '.join(hints)}")
-        setattr(cfg, key, coerce_scalar(parse_value(text), hints[key], key))
+    """``key=value`` strings -> DeftBenchConfig (the shared bench parser; unknown keys raise ConfigError)."""
+    cfg = parse_bench_overrides(DeftBenchConfig, overrides, "deft")
     unknown = sorted(set(_pairs(cfg)) - set(PAIRS))
     if unknown:
         raise ConfigError(f"unknown pair(s) {unknown}; choose from {', '.join(PAIRS)}")

@@ -25,14 +25,13 @@ or slugs), and ``backbone.KEY=value`` / ``data.KEY=value`` for the builders' key
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import sys
 import time
-import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from peftkit.bench._args import parse_overrides as parse_bench_overrides
 from peftkit.core.errors import ConfigError
 
 LORA = {"name": "lora", "rank": 8, "alpha": 16}
@@ -99,41 +98,10 @@ class DemoConfig:
     data_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-def _typed(key: str, text: str, value: Any, hint: Any) -> Any:
-    """The override's value as the field's type: ``str`` keeps the text (YAML reads ``off`` as False)."""
-    args = typing.get_args(hint)
-    if value is None and type(None) in args:
-        return None
-    base = next((a for a in args if a is not type(None)), hint)
-    if base is str:
-        return text
-    if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if base is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    raise ConfigError(f"{key} must be {getattr(base, '__name__', base)}, got {text!r}")
-
-
 def parse_overrides(overrides: list[str]) -> DemoConfig:
-    """``key=value`` strings -> DemoConfig (values parsed as YAML scalars; unknown keys raise ConfigError)."""
-    from peftkit.train.config import parse_value
-
-    cfg = DemoConfig()
-    names = {f.name: f for f in dataclasses.fields(DemoConfig)}
-    hints = typing.get_type_hints(DemoConfig)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise ConfigError(f"demo override '{item}' is not key=value (e.g. max_length=128)")
-        value = parse_value(text)
-        if key.startswith(("backbone.", "data.")):
-            head, sub = key.split(".", 1)
-            getattr(cfg, f"{head}_kwargs")[sub] = value
-        elif key in names and not key.endswith("_kwargs"):
-            setattr(cfg, key, _typed(key, text, value, hints[key]))
-        else:
-            valid = [n for n in names if not n.endswith("_kwargs")] + ["backbone.KEY", "data.KEY"]
-            raise ConfigError(f"unknown demo key '{key}'; valid keys: {', '.join(valid)}")
+    """``key=value`` strings -> DemoConfig (the shared bench parser; ``backbone.KEY`` / ``data.KEY`` go to
+    the builders' keyword arguments; unknown keys raise ConfigError)."""
+    cfg = parse_bench_overrides(DemoConfig, overrides, "demo")
     if cfg.memory not in ("fresh", "inline", "off"):
         raise ConfigError(f"memory must be fresh, inline or off, got '{cfg.memory}'")
     return cfg

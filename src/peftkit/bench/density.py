@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peftkit.bench._args import parse_overrides as parse_bench_overrides
 from peftkit.core.errors import ConfigError
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -37,19 +38,8 @@ class DensityBenchConfig:
 
 
 def parse_overrides(overrides: list[str]) -> DensityBenchConfig:
-    import typing
-
-    from peftkit.core.configs import coerce_scalar
-    from peftkit.train.overrides import parse_value
-
-    cfg = DensityBenchConfig()
-    hints = typing.get_type_hints(DensityBenchConfig)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or key not in hints:
-            raise ConfigError(f"bad density bench override '{item}'; keys: {', '.join(hints)}")
-        value = text if key in ("run_dir", "out_dir", "dtypes", "split") else parse_value(text)
-        setattr(cfg, key, coerce_scalar(value, hints[key], key))
+    """``key=value`` strings -> DensityBenchConfig (the shared bench parser), then the run is checked."""
+    cfg = parse_bench_overrides(DensityBenchConfig, overrides, "density")
     if not cfg.run_dir:
         raise ConfigError("peftkit bench density needs run_dir=RUN (a directory written by peftkit train)")
     if not (Path(cfg.run_dir) / "config.yaml").is_file() or not (Path(cfg.run_dir) / "adapter").is_dir():
