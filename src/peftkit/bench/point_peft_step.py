@@ -15,14 +15,14 @@ Shapes: b batch, n points.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
+
+from peftkit.core.io import atomic_write_text
 
 
 def measure(run_yaml: str, batch_size: int = 32, steps: int = 3) -> dict[str, Any]:
@@ -79,9 +79,7 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     res = measure(argv[0], *(int(a) for a in argv[2:4]))
-    tmp = Path(argv[1]).with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(res))
-    os.replace(tmp, argv[1])
+    atomic_write_text(argv[1], json.dumps(res))
     return 0
 
 
