@@ -54,13 +54,15 @@ def valid_rows(t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 def _forward_all(model: nn.Module, batches: list[Mapping[str, Any]], keep_labels: bool,
-                 each: Any) -> None:
+                 each: Any, outputs: list[Any] | None = None) -> None:
     p = next(model.parameters(), None)
     device = p.device if p is not None else None
     with torch.no_grad():
         for batch in batches:
-            model(**_model_inputs(batch, device, keep_labels))
+            out = model(**_model_inputs(batch, device, keep_labels))
             each(batch.get("attention_mask"))
+            if outputs is not None:
+                outputs.append(out)
 
 
 def calibrate(model: nn.Module, batches: list[Mapping[str, Any]], target_sparsity: float,
@@ -157,9 +159,12 @@ def fold_means(model: nn.Module, batches: list[Mapping[str, Any]], keep_labels: 
             f.shift.copy_((f.inner(mu) - f.inner(torch.zeros_like(mu)))[0].to(f.shift.dtype))
 
 
-def measure_density(model: nn.Module, batches: Iterable[Mapping[str, Any]],
-                    keep_labels: bool = False) -> dict[str, float]:
-    """Measured MLP density (%) after the thresholds: ``{"mean": ..., <layer path>: ...}`` (valid tokens)."""
+def measure_density(model: nn.Module, batches: Iterable[Mapping[str, Any]], keep_labels: bool = False,
+                    outputs: list[Any] | None = None) -> dict[str, float]:
+    """Measured MLP density (%) after the thresholds: ``{"mean": ..., <layer path>: ...}`` (valid tokens).
+
+    ``outputs``, when given, receives the model's output of every batch (one pass for metrics and density).
+    """
     layers = thresholds_of(model)
     kept = [0] * len(layers)
     total = [0] * len(layers)
@@ -174,7 +179,7 @@ def measure_density(model: nn.Module, batches: Iterable[Mapping[str, Any]],
             m.last_keep = None
 
     try:
-        _forward_all(model, list(batches), keep_labels, collect)
+        _forward_all(model, list(batches), keep_labels, collect, outputs)
     finally:
         for m in layers:
             m.record_keep, m.last_keep = False, None

@@ -30,7 +30,7 @@ from peftkit.core.state import get_state
 from peftkit.core.surgery import set_module
 from peftkit.methods.deft.threshold import ActivationThreshold, FoldedBias
 
-MAX_DENSITY = 0.5  # default break-even; ``peftkit bench sparse_speed`` measures it per backbone
+MAX_DENSITY = 0.1  # default break-even (MiniLM, 1 thread); ``peftkit bench sparse_speed`` measures it
 
 
 class SparseDown(nn.Module):
