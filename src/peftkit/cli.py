@@ -9,7 +9,7 @@
     peftkit point-bank CONFIG [k=v ...]            Point-PEFT memory bank
     peftkit data kicad [k=v ...]                   extract the KiCad 3D dataset
 
-``--import mypackage.mymodule`` (train, eval, predict, bench; repeatable) imports a module first, so the
+``--import mypackage.mymodule`` (list, train, eval, predict, bench; repeatable) imports a module first, so the
 backbones, datasets and methods it registers can be named in the config.
 Options and ``key=value`` overrides may come in any order (``peftkit train CFG --no-progress out_dir=x``).
 Errors a user can cause (PeftkitError, a missing or unwritable file, a full disk, bad YAML) print one line
@@ -196,7 +196,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="peftkit", description="Parameter-, memory- and activation-efficient fine-tuning.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    sub.add_parser("list", help="methods, backbones, datasets, benches").set_defaults(fn=cmd_list)
+    ls = sub.add_parser("list", help="methods, backbones, datasets, benches")
+    ls.set_defaults(fn=cmd_list)
     t = sub.add_parser("train", help="train one run from a YAML config")
     t.add_argument("config")
     t.add_argument("overrides", nargs="*", help="key=value, e.g. train.lr=1e-4 method.rank=16")
@@ -241,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("name")
     d.add_argument("overrides", nargs="*")
     d.set_defaults(fn=cmd_data)
-    for cmd in (t, e, pr, b):
+    for cmd in (ls, t, e, pr, b):
         cmd.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                          help="import MODULE first (it registers your backbones / datasets / methods)")
     p.commands = dict(sub.choices)
