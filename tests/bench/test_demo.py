@@ -8,7 +8,7 @@ import random
 import pytest
 
 import peftkit as pk
-from peftkit.bench import demo
+from peftkit.bench import demo, demo_measure
 
 
 def _csv(path, n=48):
@@ -75,5 +75,11 @@ def test_demo_smoke_writes_every_row(tmp_path, capsys):
     for r in data["rows"]:
         assert f"| {r['label']} |" in md
     assert "scale:" in md and (out / "demo.png").read_bytes()[:4] == b"\x89PNG"
+    for label in ("LoRA r=8", "LoRA + DEFT"):  # calibrated sparsity: density near 1 - q, a measured speed-up
+        r = next(r for r in data["rows"] if r["label"] == label)
+        assert r["sparse/q"] in (0.0, *demo_measure.SPARSE_GRID)
+        assert r["sparse/density"] == pytest.approx(100.0 * (1.0 - r["sparse/q"]), abs=25.0)
+        assert 0.0 <= r["sparse/accuracy"] <= 1.0 and r["sparse/speedup"] > 0.0
+    assert "MLP density at <=1 pt" in md and "| MLP density |" not in md
     printed = capsys.readouterr().out
     assert all(r["label"] in printed for r in data["rows"])

@@ -44,13 +44,15 @@ class DemoRow:
     """One table row: a label, the method stack (config dicts, applied in order) and its learning rate.
 
     ``density``: measure the MLP activation density after training (an extra pass over the eval split);
-    on for the DEFT rows and the PEFT rows they are compared with.
+    on for the DEFT rows and the PEFT rows they are compared with. ``sparsity``: also calibrate
+    ``pk.sparsify`` and report the MLP density at <= 1 point loss and the sparse MLP's speed-up.
     """
 
     label: str
     methods: tuple[dict[str, Any], ...]
     lr: float
     density: bool = False
+    sparsity: bool = False
 
     @property
     def slug(self) -> str:
@@ -65,8 +67,8 @@ ROWS: tuple[DemoRow, ...] = (
     DemoRow("full FT", ({"name": "full"},), 1e-4),
     DemoRow("head only", ({"name": "head_only"},), 1e-2),
     DemoRow("Pfeiffer adapter", (ADAPTER,), 1e-3, density=True),
-    DemoRow("LoRA r=8", (LORA,), 1e-3, density=True),
-    DemoRow("LoRA + DEFT", (LORA, DEFT), 1e-3, density=True),
+    DemoRow("LoRA r=8", (LORA,), 1e-3, density=True, sparsity=True),
+    DemoRow("LoRA + DEFT", (LORA, DEFT), 1e-3, density=True, sparsity=True),
     DemoRow("adapter + DEFT", (ADAPTER, DEFT), 1e-3, density=True),
     DemoRow("MEFT1", ({"name": "meft", "variant": "meft1"},), 1e-3),
 )
@@ -94,6 +96,7 @@ class DemoConfig:
     speed_warmup: int = 1                     # untimed round-robin rounds
     speed_rounds: int = 3                     # timed rounds
     threads: int | None = None                # torch threads; None: torch's default (all cores)
+    sparsity: bool = True                     # calibrated sparsity + sparse MLP speed-up on the LoRA rows
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     data_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -178,6 +181,8 @@ def main(overrides: list[str]) -> int:
         from peftkit.train.build import build_data
 
         num_labels = build_data(run_config(cfg, rows[0], False)).num_labels
+    if cfg.sparsity and "sparsify" in registered:
+        demo_measure.add_sparsity(cfg, rows, results)
     demo_measure.add_speed(cfg, rows, results, num_labels)
     demo_measure.add_memory(cfg, rows, results, num_labels)
     total_s = time.perf_counter() - t_start

@@ -108,3 +108,68 @@ def add_memory(cfg: Any, rows: Sequence[Any], results: list[dict[str, Any]], num
     for r in results:
         for k in ("saved_activation_bytes", "peak_memory_bytes"):
             r[k.replace("_bytes", "_ratio")] = r[k] / ref[k] if ref[k] else None
+
+
+SPARSE_GRID = (0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99)  # target sparsities tried on validation
+SPARSE_CALIB = 16        # training articles that calibrate the thresholds
+SPARSE_REPS = 15         # interleaved single-sentence repetitions for the speed ratio
+
+
+def add_sparsity(cfg: Any, rows: Sequence[Any], results: list[dict[str, Any]]) -> None:
+    """Rows with ``sparsity``: the calibrated MLP density within 1 point and the sparse MLP's speed-up.
+
+    The trained adapter is reloaded; ``pk.sparsify`` (magnitude rule) is calibrated on ``SPARSE_CALIB``
+    training articles for each q of ``SPARSE_GRID``; the largest q whose validation accuracy stays within 1
+    point of the dense model's is kept; at that q the eval split gives the accuracy and the measured MLP
+    density, and one test sentence (batch 1, ``max_length`` tokens) the end-to-end speed-up of the sparse
+    MLP (dense time / sparse time, median of ``SPARSE_REPS`` interleaved runs).
+    """
+    from torch.utils.data import DataLoader
+
+    import peftkit as pk
+    from peftkit.bench.demo import run_config
+    from peftkit.bench.sparsity import compare, drop_sparsify, predict, sparse_predict
+    from peftkit.train.build import build_data
+
+    for row, res in zip(rows, results):
+        if not getattr(row, "sparsity", False):
+            continue
+        run_cfg = run_config(cfg, row, False)
+        data = build_data(run_cfg)
+        model = pk.load_backbone(cfg.backbone, task="classification", num_labels=data.num_labels,
+                                 **cfg.backbone_kwargs)
+        model = pk.load_adapter(model, f"{run_cfg.out_dir}/adapter").eval()
+        calib = [data.collate([data.train[i] for i in range(SPARSE_CALIB)])]
+        val = DataLoader(data.val, batch_size=cfg.eval_batch_size, collate_fn=data.collate)
+        dense, golds = predict(model, val)
+        base = compare(dense, dense, golds)["acc"]
+        best = 0.0
+        for q in tqdm(SPARSE_GRID, desc=f"sparsity: {row.label}", leave=False):
+            pk.sparsify(model, q, calib=calib)
+            preds, _ = predict(model, val)
+            drop_sparsify(model)
+            if compare(preds, dense, golds)["acc"] >= base - 1.0:
+                best = q
+        split = getattr(data, cfg.eval_split)
+        evals = DataLoader(split, batch_size=cfg.eval_batch_size, collate_fn=data.collate)
+        pk.sparsify(model, best, calib=calib)
+        preds, density = sparse_predict(model, evals)
+        golds = [int(y) for batch in evals for y in batch["labels"]]
+        res["sparse/q"], res["sparse/density"] = best, density
+        res["sparse/accuracy"] = compare(preds, preds, golds)["acc"] / 100
+        sentence = {k: v for k, v in data.collate([split[0]]).items() if k != "labels"}
+        dense_model = pk.load_backbone(cfg.backbone, task="classification", num_labels=data.num_labels,
+                                       **cfg.backbone_kwargs)
+        dense_model = pk.load_adapter(dense_model, f"{run_cfg.out_dir}/adapter").eval()
+        res["sparse/speedup"] = _speedup(dense_model, pk.sparse_mlp(model), sentence)
+        tqdm.write(f"sparsity: {row.label}: q {best}, MLP density {density:.1f}%, "
+                   f"speed-up {res['sparse/speedup']:.2f}x")
+
+
+def _speedup(dense: Any, sparse: Any, inputs: dict[str, torch.Tensor]) -> float:
+    """Dense time / sparse time of one forward, median of ``SPARSE_REPS`` interleaved runs."""
+    from peftkit.bench.sparse_speed import interleaved
+
+    with torch.no_grad():
+        med = interleaved({"dense": lambda: dense(**inputs), "sparse": lambda: sparse(**inputs)}, SPARSE_REPS)
+    return med["dense"] / med["sparse"]
