@@ -40,6 +40,28 @@ def test_fps_matches_brute_force() -> None:
         assert idx[b].tolist() == _fps_reference(pts[b], 10)
 
 
+def _fps_vectorised_reference(points: torch.Tensor, m: int) -> torch.Tensor:
+    """The previous (array-of-structures) implementation: the fast path must return the same indices."""
+    b, n, _ = points.shape
+    batch, far = torch.arange(b), torch.zeros(b, dtype=torch.long)
+    idx, mind = torch.empty(b, m, dtype=torch.long), torch.full((b, n), float("inf"), dtype=points.dtype)
+    for i in range(m):
+        idx[:, i] = far
+        mind = torch.minimum(mind, ((points - points[batch, far][:, None, :]) ** 2).sum(-1))
+        far = mind.argmax(-1)
+    return idx
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fps_fast_path_parity_with_the_previous_implementation(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(1)
+    pts = torch.rand(4, 600, 3, generator=g).to(dtype)
+    pts[:, 300:310] = pts[:, 0:1]  # duplicates: ties go to the lowest index in both
+    grid = torch.stack(torch.meshgrid(*[torch.arange(5.0)] * 3, indexing="ij"), -1).reshape(1, 125, 3)
+    for cloud, m in ((pts, 64), (grid.to(dtype), 40)):
+        assert torch.equal(farthest_point_sample(cloud, m), _fps_vectorised_reference(cloud, m))
+
+
 def test_fps_start_index_and_random_start() -> None:
     pts = torch.rand(2, 30, 3, dtype=torch.float64)
     assert farthest_point_sample(pts, 5, start=7)[:, 0].tolist() == [7, 7]

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
-from peftkit.ops.points import chamfer_l2, farthest_point_sample, group_points, knn
 from peftkit.bench._args import parse_overrides
 from peftkit.bench.report import Column, Panel, bar_panels, fmt_float, fmt_text, write_report
 from peftkit.bench.speed import median_step_time
+from peftkit.ops.points import chamfer_l2, farthest_point_sample, group_points, knn
 
 
 @dataclass
@@ -40,6 +40,19 @@ def parse(overrides: list[str]) -> OpsConfig:
     return parse_overrides(OpsConfig, overrides, "ops")
 
 
+def fps_previous(points: torch.Tensor, m: int) -> torch.Tensor:
+    """The earlier FPS loop (array of structures, ``((p - c) ** 2).sum(-1)`` per step): the speed reference
+    for ``farthest_point_sample``, which returns the same indices (tests/ops)."""
+    b, n, _ = points.shape
+    batch, far = torch.arange(b), torch.zeros(b, dtype=torch.long)
+    idx, mind = torch.empty(b, m, dtype=torch.long), torch.full((b, n), float("inf"), dtype=points.dtype)
+    for i in range(m):
+        idx[:, i] = far
+        mind = torch.minimum(mind, ((points - points[batch, far][:, None, :]) ** 2).sum(-1))
+        far = mind.argmax(-1)
+    return idx
+
+
 def time_ops(b: int, n: int, g: int, k: int, iters: int, device: str) -> list[dict[str, typing.Any]]:
     """Median milliseconds of each op for one size."""
     gen = torch.Generator().manual_seed(0)
@@ -51,11 +64,22 @@ def time_ops(b: int, n: int, g: int, k: int, iters: int, device: str) -> list[di
     pb = torch.rand(b * m, k, 3, generator=gen).to(device)
     ops = {
         "fps": lambda: farthest_point_sample(pts, g),
+        "fps (previous loop, reference)": lambda: fps_previous(pts, g),
         "knn": lambda: knn(centers, pts, k),
         "group (fps+knn+gather)": lambda: group_points(pts, g, k),
         "chamfer (masked patches)": lambda: chamfer_l2(pa, pb),
         "chamfer (whole clouds)": lambda: chamfer_l2(pts, other),
     }
+    try:
+        from scipy.spatial import cKDTree
+
+        if device == "cpu":
+            p_np, c_np = pts.numpy(), centers.numpy()
+            ops["knn (scipy cKDTree, reference)"] = lambda: [
+                cKDTree(p_np[i]).query(c_np[i], k) for i in range(b)
+            ]
+    except ImportError:
+        pass
     size = f"b{b} n{n} g{g} k{k}"
     rows = []
     for name, fn in ops.items():
