@@ -118,8 +118,8 @@ CASES = [
     Case("unknown-backbone-kwarg", _train("backbone.hidden_sz=64"), r"hidden_sz", earlier=True),
     Case(
         "roberta-vocab-kwarg",
-        _train("backbone.name=tiny_roberta", "backbone.vocab_size=1000"),
-        r"vocab_size",
+        _train("backbone.name=tiny_roberta", "backbone.vocab_size=500"),
+        r"token id \d+ >= the backbone's vocab_size 500",
         earlier=True,
     ),
 ]
