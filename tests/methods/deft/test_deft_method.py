@@ -313,7 +313,7 @@ def test_head_only_and_prune_with_full_are_refused():
 def test_activation_replaced_by_an_earlier_method_is_refused():
     model = pk.load_backbone("tiny_bert", task="classification", num_labels=3)
     del model.bert.encoder.layer[1].intermediate.intermediate_act_fn
-    with pytest.raises(UnsupportedError, match="cannot observe"):
+    with pytest.raises(UnsupportedError, match="cannot reach"):
         pk.apply(model, [pk.LoRA(), pk.DEFT()])
 
 

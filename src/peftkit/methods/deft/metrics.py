@@ -35,7 +35,7 @@ from peftkit.core.spec import get_spec
 from peftkit.core.state import get_state
 from peftkit.core.surgery import UndoRecord
 from peftkit.methods.deft.density import per_sample_fraction
-from peftkit.methods.deft.probe import MaskContext
+from peftkit.methods.deft.masks import MaskContext
 
 THRESHOLDS = (1e-6, 1e-4, 1e-2)  # tau of the thresholded density (CATS-style |a| > tau; docs/design.md)
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
