@@ -33,8 +33,8 @@ import torch
 
 from peftkit.bench.memory import (
     StepSpec,
-    _read_kib,
     default_loss_for,
+    hwm_bytes,
     model_inputs,
     release,
     reset_hwm,
@@ -108,7 +108,7 @@ def measure_step(spec: StepSpec) -> dict[str, Any]:
     if cuda:
         peak, retained = torch.cuda.max_memory_allocated(), torch.cuda.memory_allocated()
     else:
-        peak = sampler.stop() if sampler else (_read_kib("VmHWM") or rss_bytes())
+        peak = sampler.stop() if sampler else (hwm_bytes() or rss_bytes())
         release()
         retained = rss_bytes()
     out: dict[str, Any] = {

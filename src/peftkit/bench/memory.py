@@ -93,6 +93,11 @@ def rss_bytes() -> int:
     return v
 
 
+def hwm_bytes() -> int | None:
+    """The kernel's resident high-water mark of this process (``VmHWM``); None where /proc is missing."""
+    return _read_kib("VmHWM")
+
+
 def reset_hwm() -> bool:
     """Reset the kernel's resident high-water mark (``VmHWM``); False where that is not permitted."""
     try:

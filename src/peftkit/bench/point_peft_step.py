@@ -28,8 +28,8 @@ from peftkit.core.io import atomic_write_text
 def measure(run_yaml: str, batch_size: int = 32, steps: int = 3) -> dict[str, Any]:
     """Measure one row (see the module docstring)."""
     from peftkit.bench.memory import (
-        _read_kib,
         default_loss_for,
+        hwm_bytes,
         model_inputs,
         release,
         reset_hwm,
@@ -61,7 +61,7 @@ def measure(run_yaml: str, batch_size: int = 32, steps: int = 3) -> dict[str, An
     baseline = rss_bytes()
     hwm_ok = reset_hwm()
     times = [step() for _ in range(steps)]
-    peak = (_read_kib("VmHWM") or 0) if hwm_ok else rss_bytes()  # bytes (the helper converts from kiB)
+    peak = (hwm_bytes() or 0) if hwm_ok else rss_bytes()  # bytes (the helper converts from kiB)
     return {
         "step_time_s": statistics.median(times),
         "step_times_s": times,
