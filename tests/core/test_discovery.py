@@ -18,11 +18,13 @@ from peftkit.core.spec import BackboneSpec, StackSpec, attach_spec, get_spec, re
 
 def test_registry_alone_sees_the_builtins() -> None:
     """``import peftkit.core.registry`` runs the package top first, whose hook fills the registries."""
-    code = ("import peftkit.core.registry as r; print(sorted(r.list_methods())); "
-            "print(sorted(r.list_backbones())); print(sorted(r.list_datasets()))")
+    code = ("import sys; import peftkit.core.registry as r; print(sorted(r.list_methods())); "
+            "print(sorted(r.list_backbones())); print(sorted(r.list_datasets())); "
+            "print(sorted(m for m in ('transformers', 'peft', 'bitsandbytes', 'h5py') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          check=True)
-    methods, backbones, datasets = out.stdout.strip().splitlines()
+    methods, backbones, datasets, heavy = out.stdout.strip().splitlines()
+    assert heavy == "[]"   # discovery registers everything without importing the optional heavy packages
     assert "'adapter'" in methods and "'lora'" in methods and "'deft'" in methods and "'meft'" in methods
     assert "'tiny_bert'" in backbones and "'tiny_point'" in backbones
     assert "'bbc_news'" in datasets
