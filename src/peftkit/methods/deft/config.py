@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from peftkit.core.configs import coerce_scalar
 from peftkit.core.errors import ConfigError
 
 
@@ -49,7 +50,7 @@ class DEFT:
 
     def __post_init__(self) -> None:
         for name in ("weight", "eps", "decoder_weight", "prune"):
-            setattr(self, name, _number(name, getattr(self, name)))
+            setattr(self, name, coerce_scalar(getattr(self, name), float, f"DEFT {name}"))
         if not (self.weight >= 0.0):
             raise ConfigError(f"DEFT weight must be >= 0, got {self.weight}")
         if not (self.decoder_weight >= 0.0):
@@ -58,13 +59,3 @@ class DEFT:
             raise ConfigError(f"DEFT eps must be > 0 (a^2/(a^2+eps) is 0/0 at a = 0), got {self.eps}")
         if not (0.0 <= self.prune < 1.0):
             raise ConfigError(f"DEFT prune must be a fraction in [0, 1), got {self.prune}")
-
-
-def _number(name: str, value: object) -> float:
-    # YAML 1.1 reads ``1e-7`` (no dot) as a string; accept numeric strings, reject everything else.
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ConfigError(f"DEFT {name} must be a number, got {value!r}")
-    try:
-        return float(value)
-    except ValueError:
-        raise ConfigError(f"DEFT {name} must be a number, got {value!r}") from None
