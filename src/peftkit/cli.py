@@ -182,7 +182,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_point_bank(args: argparse.Namespace) -> int:
-    fn = _lazy("peftkit.methods.point_peft.bank", "main", "point-bank")
+    fn = _lazy("peftkit.recipes.point_bank", "main", "point-bank")
     return int(fn(args.config, list(args.overrides)) or 0)
 
 
