@@ -13,7 +13,14 @@ import peftkit as pk
 from peftkit.core import discovery
 from peftkit.core.apply import backbone_id
 from peftkit.core.checkpoint import checkpoint_config
-from peftkit.core.spec import BackboneSpec, StackSpec, attach_spec, get_spec, register_spec_resolver
+from peftkit.core.spec import (
+    SPEC_ATTR,
+    BackboneSpec,
+    StackSpec,
+    attach_spec,
+    get_spec,
+    register_spec_resolver,
+)
 
 
 def test_registry_alone_sees_the_builtins() -> None:
@@ -84,7 +91,7 @@ def test_registered_resolver_describes_a_model_without_a_spec() -> None:
 
 def test_hf_models_are_resolved_by_the_hf_backbone(tiny) -> None:
     model = tiny.build("tiny_bert")
-    object.__delattr__(model, "peftkit_spec")
+    object.__delattr__(model, SPEC_ATTR)
     assert get_spec(model).family == "bert"
 
 
