@@ -39,6 +39,7 @@ from torch import nn
 from peftkit.core.errors import UnsupportedError
 from peftkit.core.spec import BackboneSpec, StackSpec
 from peftkit.layers.bottleneck import Bottleneck
+from peftkit.methods.meft.attention import bounded_attention
 
 LAYOUTS = ("post_ln", "pre_ln")
 _CACHE_KEYS = ("past_key_values", "past_key_value")
@@ -165,7 +166,8 @@ class SubNet(nn.Module):
     def forward(self, x: torch.Tensor, ctx: dict[str, Any]) -> torch.Tensor:
         """``[b, t, d] -> [b, t, d]``, computed in the model's dtype and returned in the stream's dtype."""
         dtype = self.adapter.down.weight.dtype
-        return self._compute(x.to(dtype), ctx).to(x.dtype)
+        with bounded_attention():  # attention dropout without the math path's [b, h, t, t] graph
+            return self._compute(x.to(dtype), ctx).to(x.dtype)
 
     def _compute(self, x: torch.Tensor, ctx: dict[str, Any]) -> torch.Tensor:
         ops = self.ops
