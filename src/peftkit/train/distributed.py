@@ -4,6 +4,13 @@ torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; we ope
 CPU, NCCL on CUDA), wrap the model in DDP (``find_unused_parameters=False``: every trainable parameter of a
 method stack takes part in each forward), shard the data with a DistributedSampler and save / log / evaluate
 on rank 0 only. Without torchrun everything here is a no-op (world size 1).
+
+FSDP2 (``torch.distributed.fsdp.fully_shard``) for your own loop: :func:`shard` shards every block of every
+stack and then the root (each rank keeps 1/N of every parameter, frozen base included; gradients are
+reduce-scattered, so N processes on N slices of a batch train as one process on the whole batch),
+:func:`full_adapter_state` gathers the trained tensors (a collective: every rank calls it) and
+:func:`save_adapter_sharded` writes them as ``pk.save_adapter`` does, from rank 0. ``peftkit train`` itself
+uses DDP: its evaluation and checkpoints run on rank 0 alone, which a sharded model cannot do.
 """
 
 from __future__ import annotations
@@ -16,7 +23,17 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from peftkit.core.errors import ConfigError
+from peftkit.core.checkpoint import (
+    CONFIG_NAME,
+    FORMAT,
+    WEIGHTS_NAME,
+    adapter_state_dict,
+    checkpoint_config,
+    write_tensor_dir,
+)
+from peftkit.core.errors import ConfigError, UnsupportedError
+from peftkit.core.spec import get_spec
+from peftkit.core.state import get_state
 
 
 @dataclass(frozen=True)
@@ -76,6 +93,59 @@ def wrap(model: nn.Module, env: DistEnv) -> nn.Module:
 
     ids = [env.device.index] if env.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=False)
+
+
+_ADAPTER_NAMES = "peftkit_sharded_adapter_names"
+
+
+def shard(model: nn.Module, reshard_after_forward: bool = True) -> nn.Module:
+    """FSDP2 in place: ``fully_shard`` each block of every stack of the model's spec, then the root.
+
+    Call it under torchrun after ``pk.apply`` (a method's modules inside the blocks are sharded with them) and
+    build the optimizer afterwards, on the model's now sharded (DTensor) parameters.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    state = get_state(model)
+    wrapping = state.wraps_blocks() if state is not None else []
+    if wrapping:
+        raise UnsupportedError(
+            f"FSDP2 cannot shard a model with {', '.join(wrapping)}: these methods run their blocks' weights "
+            "outside the block forwards FSDP2 hooks (MEFT's reversible backward); use DDP (peftkit train)"
+        )
+    # fully_shard swaps every parameter for a new DTensor one: keep the names of what the methods train
+    object.__setattr__(model, _ADAPTER_NAMES, tuple(adapter_state_dict(model)))
+    for path in get_spec(model).block_paths(model):
+        fully_shard(model.get_submodule(path), reshard_after_forward=reshard_after_forward)
+    fully_shard(model, reshard_after_forward=reshard_after_forward)
+    return model
+
+
+def full_adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``adapter_state_dict`` with every sharded tensor gathered whole (all ranks must call this)."""
+    names = getattr(model, _ADAPTER_NAMES, None)
+    if names is None:
+        tensors = adapter_state_dict(model)
+    else:
+        wanted = set(names)
+        tensors = {n: t for n, t in [*model.named_parameters(), *model.named_buffers()] if n in wanted}
+    out = {}
+    for name, t in tensors.items():
+        full = t.full_tensor() if hasattr(t, "full_tensor") else t   # DTensor -> all-gather
+        out[name] = full.detach().contiguous().cpu()
+    return out
+
+
+def save_adapter_sharded(model: nn.Module, path: str, env: DistEnv) -> None:
+    """``pk.save_adapter`` of an FSDP2-sharded model: every rank gathers, rank 0 writes (atomically)."""
+    from pathlib import Path
+
+    tensors = full_adapter_state(model)
+    if env.is_main:
+        cfg = checkpoint_config(model)
+        cfg["tensors"] = {k: list(v.shape) for k, v in tensors.items()}
+        write_tensor_dir(Path(path), {WEIGHTS_NAME: tensors}, {CONFIG_NAME: cfg}, FORMAT)
+    barrier(env)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
