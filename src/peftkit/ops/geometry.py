@@ -25,12 +25,15 @@ class PointGeometry:
         centers: patch centres (a subset of ``points`` chosen by FPS), ``[b, g, 3]``.
         neighborhood: the ``k`` nearest points of each centre, centre-relative, ``[b, g, k, 3]``.
         knn_idx: indices of those neighbours into ``points`` (per cloud, ``0..n-1``), ``[b, g, k]``.
+        example_index: the clouds' indices in their training set, ``[b]`` long, when the batch carries them
+            (``data.example_index=true``); methods that cache per-example values read it.
     """
 
     points: torch.Tensor
     centers: torch.Tensor
     neighborhood: torch.Tensor
     knn_idx: torch.Tensor
+    example_index: torch.Tensor | None = None
 
     @property
     def num_groups(self) -> int:
@@ -48,4 +51,5 @@ class PointGeometry:
             centers=self.centers[b, idx],  # [b, g', 3]
             neighborhood=self.neighborhood[b, idx],  # [b, g', k, 3]
             knn_idx=self.knn_idx[b, idx],  # [b, g', k]
+            example_index=self.example_index,
         )

@@ -37,7 +37,7 @@ def main(config_path: str, overrides: list[str] | None = None, progress: bool = 
     build = get_backbone(cfg.backbone.name)
     encoder = QueryEncoder(build(task=cfg.backbone.task, num_labels=data.num_labels, **cfg.backbone.kwargs))
     collate = data.eval_collate or data.collate
-    feats, labels = encode_dataset(encoder, data.train, collate, cfg.train.eval_batch_size, progress)
+    feats, labels, norms = encode_dataset(encoder, data.train, collate, cfg.train.eval_batch_size, progress)
     meta = {
         "backbone": cfg.backbone.name,
         "checkpoint": cfg.backbone.kwargs.get("checkpoint"),
@@ -48,6 +48,6 @@ def main(config_path: str, overrides: list[str] | None = None, progress: bool = 
         "split": "train",
         "normalized": True,
     }
-    path = save_bank(out, feats, labels, meta)
+    path = save_bank(out, feats, labels, meta, norms)
     print(f"P2-Bank: {feats.shape[0]} x {feats.shape[1]} features of '{cfg.data.name}' train -> {path}")
     return 0

@@ -173,3 +173,17 @@ def test_split_file_is_names_only() -> None:
     text = K.SPLIT_FILE.read_text()
     data = json.loads(text)
     assert set(data) >= {"classes", "train", "test"} and len(text) < 200_000
+
+
+def test_kicad_example_index_in_training_batches_only(tmp_path: Path) -> None:
+    split = K.load_split()
+    _fake_cache(tmp_path, split)
+    d = get_dataset("kicad")(
+        backbone="tiny_point", seed=0, stored_points=256, cache=str(tmp_path), example_index=True
+    )
+    batch = d.collate([d.train[2], d.train[0]])
+    assert batch["example_index"].tolist() == [2, 0]
+    assert "example_index" not in d.eval_collate([d.train[2], d.train[0]])
+    assert "example_index" not in d.collate([d.val[0], d.val[1]])        # val items carry no index
+    model = pk.load_backbone("tiny_point", num_labels=d.num_labels)
+    assert model(**{k: v for k, v in batch.items() if k != "labels"}).shape == (2, d.num_labels)

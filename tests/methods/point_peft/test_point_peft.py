@@ -265,3 +265,45 @@ def test_bad_configs_and_stacks(bank):
         pk.PointPEFT(use_prompt=False, use_adapter=False)
     with pytest.raises(UnsupportedError, match="first"):
         pk.apply(tiny(), [pk.HeadOnly(), cfg(bank)])
+
+
+# ---- cache_query (not in the paper) ---------------------------------------------------------------
+
+
+def _bank_with_norms(model: torch.nn.Module, path: Path, pts: torch.Tensor) -> Path:
+    enc = QueryEncoder(model)
+    f = enc(pts)
+    meta = {"encoder_hash": enc.fingerprint(), "backbone": "tiny_point", "split": "train"}
+    return save_bank(path, F.normalize(f, dim=-1), torch.arange(len(pts)) % NUM_LABELS, meta, f.norm(dim=-1))
+
+
+def test_cache_query_reads_the_banks_own_feature_and_skips_the_encoder(tmp_path: Path) -> None:
+    pts = clouds(12, seed=1)
+    base = tiny()
+    path = _bank_with_norms(base, tmp_path / "bank", pts)
+    model = pk.apply(base, [cfg(path, cache_query=True)])
+    bank = model.point_peft.bank
+    idx = torch.tensor([3, 0, 7])
+    torch.testing.assert_close(bank.from_index(idx), bank(pts[idx]), rtol=1e-5, atol=1e-5)  # same C
+    calls = []
+    bank.query_encoder.register_forward_hook(lambda *a: calls.append(1))
+    model.train()
+    model(pts[idx], example_index=idx).sum().backward()
+    assert not calls                                                   # training: no second forward
+    model.eval()
+    with torch.no_grad():
+        model(pts[idx])
+    assert len(calls) == 1                                             # evaluation: the query is computed
+
+
+def test_cache_query_bad_input(tmp_path: Path, bank: Path) -> None:
+    with pytest.raises(ConfigError, match="cache_query"):
+        pk.PointPEFT(use_bank=False, cache_query=True)
+    with pytest.raises(ConfigError, match="norms"):
+        pk.apply(tiny(), [cfg(bank, cache_query=True)])               # a bank without norms
+    pts = clouds(10, seed=1)
+    model = pk.apply(tiny(), [cfg(_bank_with_norms(tiny(), tmp_path / "b2", pts), cache_query=True)]).train()
+    with pytest.raises(UnsupportedError, match="data.example_index=true"):
+        model(pts[:4])
+    with pytest.raises(UnsupportedError, match="other training data"):
+        model(pts[:4], example_index=torch.tensor([0, 1, 2, 10]))

@@ -144,10 +144,14 @@ class PointTransformer(nn.Module):
     def group_size(self) -> int:
         return self.group_divider.group_size
 
-    def embed(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, PointGeometry]:
-        """Tokens and positions before the blocks: ``x, pos`` ``[b, t, d]`` and the geometry."""
+    def embed(
+        self, points: torch.Tensor, example_index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, PointGeometry]:
+        """Tokens and positions before the blocks: ``x, pos`` ``[b, t, d]`` and the geometry (which carries
+        ``example_index [b]``, the clouds' training-set indices, when given)."""
         check_points(points, min_points=max(self.num_groups, self.group_size))
         geom = self.group_divider(points)
+        geom.example_index = example_index
         tokens = self.patch_embed(geom.neighborhood)  # [b, g, d]
         pos = self.pos_embed(geom.centers)  # [b, g, d]
         b = points.shape[0]
@@ -155,9 +159,11 @@ class PointTransformer(nn.Module):
         pos = torch.cat([self.cls_pos.expand(b, -1, -1), pos], dim=1)  # [b, t, d]
         return x, pos, geom
 
-    def forward_features(self, points: torch.Tensor) -> torch.Tensor:
+    def forward_features(
+        self, points: torch.Tensor, example_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Tokens after the final LayerNorm, cls first: ``[b, n, 3] -> [b, t, d]``."""
-        x, pos, geom = self.embed(points)
+        x, pos, geom = self.embed(points, example_index)
         for blk in self.blocks:
             x = blk(x, pos, geom)
         return self.norm(x)
@@ -170,9 +176,10 @@ class PointTransformer(nn.Module):
         """Class logits from the final tokens: ``[b, t, d] -> [b, num_classes]``."""
         return self.cls_head(self.pooled(tokens))
 
-    def forward(self, points: torch.Tensor) -> torch.Tensor:
-        """Class logits ``[b, num_classes]`` of clouds ``[b, n, 3]``."""
-        return self.forward_head(self.forward_features(points))
+    def forward(self, points: torch.Tensor, example_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Class logits ``[b, num_classes]`` of clouds ``[b, n, 3]`` (``example_index [b]``: optional
+        training-set indices of the clouds, passed on to the blocks in the geometry)."""
+        return self.forward_head(self.forward_features(points, example_index))
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names excluded from weight decay (besides biases and norms), as in the reference code."""

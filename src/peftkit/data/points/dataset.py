@@ -28,18 +28,26 @@ from peftkit.ops.point_sizes import default_num_points
 AUGMENTS = ("scale_translate", "rotate", "scale_translate+rotate", "none")
 
 
-class CloudDataset(Dataset[tuple[np.ndarray, int]]):
-    """Clouds ``[c, m, 3]`` (or a list of ``[m_i, 3]`` with ``m_i >= n``) and integer labels."""
+class CloudDataset(Dataset[tuple]):
+    """Clouds ``[c, m, 3]`` (or a list of ``[m_i, 3]`` with ``m_i >= n``) and integer labels.
 
-    def __init__(self, points: np.ndarray | Sequence[np.ndarray], labels: np.ndarray) -> None:
+    With ``with_index`` an item is ``(cloud, label, i)``: training batches then carry ``example_index``.
+    """
+
+    def __init__(
+        self, points: np.ndarray | Sequence[np.ndarray], labels: np.ndarray, with_index: bool = False
+    ) -> None:
         if len(points) != len(labels):
             raise DataError(f"{len(points)} clouds but {len(labels)} labels")
         self.points, self.labels = points, np.asarray(labels, dtype=np.int64)
+        self.with_index = with_index
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+    def __getitem__(self, i: int) -> tuple:
+        if self.with_index:
+            return self.points[i], int(self.labels[i]), int(i)
         return self.points[i], int(self.labels[i])
 
 
@@ -51,14 +59,15 @@ def make_collate(
     up: str = "y",
     ratio: float = T.FPS_RATIO,
 ) -> Callable[[list[tuple[np.ndarray, int]]], Batch]:
-    """Batch ``(cloud, label)`` pairs into ``{"points": [b, n, 3], "labels": [b]}``."""
+    """Batch ``(cloud, label[, index])`` items into ``{"points": [b, n, 3], "labels": [b]}``; training
+    batches of indexed items also get ``example_index [b]`` (evaluation batches never do)."""
     if augment not in AUGMENTS:
         raise ConfigError(f"unknown augment '{augment}'; choose one of: {', '.join(AUGMENTS)}")
 
-    def collate(items: list[tuple[np.ndarray, int]]) -> Batch:
-        m = min(len(p) for p, _ in items)
+    def collate(items: list[tuple]) -> Batch:
+        m = min(len(it[0]) for it in items)
         pts = torch.from_numpy(
-            np.stack([np.asarray(p[:m, :3], dtype=np.float32) for p, _ in items])
+            np.stack([np.asarray(it[0][:m, :3], dtype=np.float32) for it in items])
         )  # [b, m, 3]
         if not torch.isfinite(pts).all():
             raise DataError("a point cloud in this batch has NaN or infinite coordinates")
@@ -67,7 +76,10 @@ def make_collate(
             pts = T.scale_and_translate(pts)
         if train and "rotate" in augment:
             pts = T.rotate_up(pts, up=up)
-        return {"points": pts, "labels": torch.tensor([lab for _, lab in items], dtype=torch.long)}
+        batch = {"points": pts, "labels": torch.tensor([it[1] for it in items], dtype=torch.long)}
+        if train and len(items[0]) == 3:
+            batch["example_index"] = torch.tensor([it[2] for it in items], dtype=torch.long)  # [b]
+        return batch
 
     return collate
 
@@ -113,14 +125,16 @@ def kicad(
     cache: str | None = None,
     max_per_class: int | None = None,
     split_file: str | None = None,
+    example_index: bool = False,
 ) -> TaskData:
     """KiCad classification on the shipped family-disjoint split.
 
     ``val="split"`` validates on the val split carved from train (whole footprint families, see
     ``peftkit.data.points.kicad.carve_val``) and trains on train minus val; ``val="none"`` trains on all of
     train and skips validation. Model selection on the test split is refused. The default augmentation is
-    scale + translate without rotation: KiCad parts keep their footprint's canonical orientation, and
-    rotation lost 10-16 points on validation and test (docs/results/point_peft.md).
+    scale + translate without rotation: KiCad parts keep their footprint's canonical orientation
+    (docs/results/point_peft.md). ``example_index=true`` adds each training cloud's index to its batches
+    (Point-PEFT's ``cache_query`` reads it).
     """
     from peftkit.data.points import kicad as K
     from peftkit.data.points.sampling import cache_root, load_cloud
@@ -159,7 +173,8 @@ def kicad(
             raise DataError(
                 f"no prepared KiCad clouds in {root}; run: peftkit data kicad points={stored_points}"
             )
-        parts[part] = CloudDataset(np.stack(pts), np.array(labels))
+        indexed = example_index and part == "train"
+        parts[part] = CloudDataset(np.stack(pts), np.array(labels), with_index=indexed)
     return task_data(
         parts["train"],
         parts["test"],

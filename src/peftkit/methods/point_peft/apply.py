@@ -16,7 +16,7 @@ from peftkit.core.params import adapter_parameters
 from peftkit.core.spec import BackboneSpec
 from peftkit.core.state import Applied, get_state
 from peftkit.core.surgery import UndoRecord
-from peftkit.methods.point_peft.bank import QueryEncoder, load_bank
+from peftkit.methods.point_peft.bank import QueryEncoder, load_bank, load_bank_norms
 from peftkit.methods.point_peft.config import PointPEFT
 from peftkit.methods.point_peft.geo_adapter import GeoAdapter
 from peftkit.methods.point_peft.prompt import PointPriorBank, PromptTokens
@@ -42,7 +42,13 @@ def _bank_for(model: nn.Module, config: PointPEFT, dim: int) -> PointPriorBank |
         )
     encoder = QueryEncoder(model)
     features, _ = load_bank(config.bank_path, encoder_hash=encoder.fingerprint(), dim=dim)
-    return PointPriorBank(features, encoder, config.top_k)
+    norms = load_bank_norms(config.bank_path) if config.cache_query else None
+    if config.cache_query and norms is None:
+        raise ConfigError(
+            f"cache_query needs a P2-Bank that stores its features' norms; rebuild {config.bank_path} with "
+            "`peftkit point-bank CONFIG`"
+        )
+    return PointPriorBank(features, encoder, config.top_k, norms)
 
 
 def _base_params(model: nn.Module, spec: BackboneSpec, config: PointPEFT) -> list[nn.Parameter]:
@@ -92,6 +98,7 @@ def apply_point_peft(model: nn.Module, spec: BackboneSpec, config: PointPEFT) ->
         sub_center_ratio=config.sub_center_ratio,
         sub_group_ratio=config.sub_group_ratio,
         interp_eps=config.interp_eps,
+        cache_query=config.cache_query,
     )
     record = UndoRecord()
     record.add_module(model, "point_peft", shared)

@@ -86,11 +86,28 @@ class QueryEncoder(nn.Module):
 # ---- files -------------------------------------------------------------------------------------------------
 
 
-def save_bank(path: str | Path, features: torch.Tensor, labels: torch.Tensor, meta: dict[str, Any]) -> Path:
-    """Write ``features [N, d]`` (rows L2-normalised by the caller), ``labels [N]``, ``meta`` atomically."""
+def save_bank(
+    path: str | Path,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    meta: dict[str, Any],
+    norms: torch.Tensor | None = None,
+) -> Path:
+    """Write ``features [N, d]`` (rows L2-normalised by the caller), ``labels [N]``, ``meta`` and, when
+    given, the features' norms before normalising ``norms [N]`` (``cache_query`` needs them) atomically."""
     meta = {"format": BANK_FORMAT, **meta, "count": int(features.shape[0]), "dim": int(features.shape[1])}
     tensors = {"features": features.detach().float().cpu().contiguous(), "labels": labels.long().cpu()}
+    if norms is not None:
+        tensors["norms"] = norms.detach().float().cpu().contiguous()
     return write_tensor_dir(Path(path), {FEATURES_NAME: tensors}, {META_NAME: meta}, BANK_FORMAT)
+
+
+def load_bank_norms(path: str | Path) -> torch.Tensor | None:
+    """The norms ``[N]`` of a bank's features before normalising (None for a bank written without them)."""
+    from safetensors.torch import load_file
+
+    norms = load_file(str(Path(path) / FEATURES_NAME)).get("norms")
+    return None if norms is None else norms.float()
 
 
 def load_bank(
@@ -148,18 +165,21 @@ def load_bank(
 @torch.no_grad()
 def encode_dataset(
     encoder: QueryEncoder, dataset: Any, collate: Any, batch_size: int = 32, progress: bool = True
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """L2-normalised query features ``[N, d]`` and labels ``[N]`` of every example of ``dataset``."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """L2-normalised query features ``[N, d]``, labels ``[N]`` and the features' norms ``[N]`` of every
+    example of ``dataset``, in dataset order (row i is example i)."""
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
     if len(dataset) == 0:
         raise DataError("the training split is empty: nothing to put in the P2-Bank")
     device = next(encoder.encoder.parameters()).device
-    feats, labels = [], []
+    feats, labels, norms = [], [], []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     for batch in tqdm(loader, desc="P2-Bank", disable=not progress):
         points = batch["points"].to(device)
-        feats.append(F.normalize(encoder(points).float(), dim=-1).cpu())  # [b, d]
+        f = encoder(points).float()  # [b, d]
+        feats.append(F.normalize(f, dim=-1).cpu())
+        norms.append(f.norm(dim=-1).cpu())
         labels.append(batch["labels"].cpu())
-    return torch.cat(feats), torch.cat(labels)
+    return torch.cat(feats), torch.cat(labels), torch.cat(norms)

@@ -31,6 +31,10 @@ class PointPEFT:
     # ---- P2-Bank ----
     use_bank: bool = True             # False: learnable prompts only (the "prompt without bank" ablation)
     bank_path: str | None = None      # directory written by ``peftkit point-bank CONFIG``
+    # Not in the paper: in training, read each cloud's query feature from the bank (its un-augmented
+    # feature, stored when the bank was built) instead of a second forward of the frozen encoder. Needs
+    # ``data.example_index=true`` and a bank built from the same training data. Evaluation is unchanged.
+    cache_query: bool = False
     # ---- Geometry-aware Adapter (GA-Adapter) ----
     use_adapter: bool = True
     adapter_dim: int = 16             # adapter / adapter1 bottleneck (config "Adapter dim 16")
@@ -69,6 +73,8 @@ class PointPEFT:
                 raise ConfigError(f"PointPEFT.{name} must be in (0, 1], got {v!r}")
         if self.interp_eps <= 0:
             raise ConfigError(f"PointPEFT.interp_eps must be > 0, got {self.interp_eps!r}")
+        if self.cache_query and not self.uses_bank:
+            raise ConfigError("PointPEFT.cache_query reads the P2-Bank: it needs use_prompt and use_bank")
         if not (self.use_prompt or self.use_adapter):
             raise ConfigError("PointPEFT needs use_prompt or use_adapter (or both); both are False")
         if self.uses_bank and self.num_prompt_tokens < 3:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftkit.core.errors import ConfigError
+from peftkit.core.errors import ConfigError, UnsupportedError
 from peftkit.methods.point_peft.bank import QueryEncoder
 from peftkit.methods.point_peft.layers import bottleneck_adapter
 
@@ -51,7 +51,9 @@ class PointPriorBank(nn.Module):
     part of the model: it is neither counted nor saved); it follows the bank's device and dtype lazily.
     """
 
-    def __init__(self, bank: torch.Tensor, encoder: QueryEncoder, top_k: int) -> None:
+    def __init__(
+        self, bank: torch.Tensor, encoder: QueryEncoder, top_k: int, norms: torch.Tensor | None = None
+    ) -> None:
         super().__init__()
         if top_k > bank.shape[0]:
             raise ConfigError(
@@ -59,6 +61,8 @@ class PointPriorBank(nn.Module):
                 f"holds only {bank.shape[0]}; lower num_prompt_tokens or build the bank from more clouds"
             )
         self.register_buffer("bank", bank.detach().clone().float())   # [N, d]
+        # ||f(x_n)|| of each entry, for cache_query (not in the paper): then f(x_n) = norms[n] * bank[n]
+        self.norms = None if norms is None else norms.detach().clone().float()  # [N], not saved
         self.top_k = top_k
         object.__setattr__(self, "query_encoder", encoder)
 
@@ -71,6 +75,23 @@ class PointPriorBank(nn.Module):
         with torch.no_grad():
             f = enc(points.to(self.bank.dtype))                        # [b, d]
             return retrieve(f, self.bank, self.top_k)
+
+    def from_index(self, example_index: torch.Tensor) -> torch.Tensor:
+        """``C [b, K+2, d]`` with the cached query features of training examples ``example_index [b]``
+        (entry n of the bank is training example n, un-augmented): no encoder forward."""
+        if self.norms is None:
+            raise UnsupportedError(
+                "cache_query needs a P2-Bank that stores its features' norms; rebuild it with "
+                "`peftkit point-bank CONFIG`"
+            )
+        if int(example_index.max()) >= self.bank.shape[0] or int(example_index.min()) < 0:
+            raise UnsupportedError(
+                f"example_index {int(example_index.max())} is outside the P2-Bank's {self.bank.shape[0]} "
+                "entries: the bank was built from other training data than this run's"
+            )
+        idx = example_index.to(self.bank.device)
+        f = self.bank[idx] * self.norms.to(self.bank.device)[idx, None]  # [b, d]
+        return retrieve(f, self.bank, self.top_k)
 
     def adapter_params(self) -> list[str]:
         return []

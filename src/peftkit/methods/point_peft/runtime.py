@@ -38,9 +38,19 @@ class ForwardContext:
         self._groupings: dict[bool, TokenGrouping] = {}
 
     def prompt_source(self) -> torch.Tensor | None:
-        """``C [b, K+2, d]`` from the P2-Bank, or None without the bank."""
-        if self.shared.bank is not None and self._source is None:
-            self._source = self.shared.bank(self.geom.points)
+        """``C [b, K+2, d]`` from the P2-Bank, or None without the bank. With ``cache_query`` in training,
+        the query features come from the bank rows of the batch's ``example_index`` (no encoder forward)."""
+        bank = self.shared.bank
+        if bank is not None and self._source is None:
+            if self.shared.cache_query and self.shared.training:
+                if self.geom.example_index is None:
+                    raise UnsupportedError(
+                        "Point-PEFT cache_query needs the training clouds' indices in the batch: set "
+                        "data.example_index=true"
+                    )
+                self._source = bank.from_index(self.geom.example_index)
+            else:
+                self._source = bank(self.geom.points)
         return self._source
 
     def grouping(self, prompted: bool) -> TokenGrouping:
@@ -69,6 +79,7 @@ class PointPEFTShared(nn.Module):
         sub_center_ratio: share of the token centres FPS keeps as sub-centres.
         sub_group_ratio: share of the patch size kNN takes as neighbours per sub-centre.
         interp_eps: epsilon of the inverse-squared-distance interpolation weights.
+        cache_query: in training, read the query features from the bank by example index.
     """
 
     def __init__(
@@ -81,6 +92,7 @@ class PointPEFTShared(nn.Module):
         sub_center_ratio: float,
         sub_group_ratio: float,
         interp_eps: float,
+        cache_query: bool = False,
     ) -> None:
         super().__init__()
         self.prompt_coords = None
@@ -92,7 +104,7 @@ class PointPEFTShared(nn.Module):
             self.local_attn = LocalAttention(dim, *local_attn)
         self.bank = bank
         self.sub_center_ratio, self.sub_group_ratio = sub_center_ratio, sub_group_ratio
-        self.interp_eps = interp_eps
+        self.interp_eps, self.cache_query = interp_eps, cache_query
         self._ctx: ForwardContext | None = None
 
     def context(self, geom: PointGeometry | None) -> ForwardContext:
