@@ -31,25 +31,34 @@ from torch import nn
 from peftkit.bench._args import parse_overrides
 from peftkit.core.io import atomic_write_json, atomic_write_text
 
-ROWS = {"full": "full", "point_peft": "point_peft", "no_bank": "point_peft_no_bank", "head_only": "linear"}
+# row -> (config stem under configs/point/kicad__*.yaml, overrides)
+ROWS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "full": ("full", ()),
+    "point_peft": ("point_peft", ()),
+    "point_peft_cached": ("point_peft", ("data.example_index=true", "methods.0.cache_query=true")),
+    "no_bank": ("point_peft_no_bank", ()),
+    "head_only": ("linear", ()),
+}
 
 
 @dataclass
 class CostConfig:
     out: str = "docs/results/point_peft"
-    rows: str = "full,point_peft,no_bank,head_only"
+    rows: str = "full,point_peft,point_peft_cached,no_bank,head_only"
     batch: int = 32
     rounds: int = 5
     threads: int = 1
     seed: int = 0
 
 
-def _build(stem: str, batch_size: int, seed: int) -> tuple[nn.Module, Callable[[], None], dict[str, Any]]:
+def _build(
+    stem: str, overrides: tuple[str, ...], batch_size: int, seed: int
+) -> tuple[nn.Module, Callable[[], None], dict[str, Any]]:
     from peftkit.train.build import build_data, build_model, seed_everything
     from peftkit.train.config import load_config
     from peftkit.train.optim import build_optimizer
 
-    cfg = load_config(f"configs/point/kicad__{stem}.yaml", [f"seed={seed}"])
+    cfg = load_config(f"configs/point/kicad__{stem}.yaml", [f"seed={seed}", *overrides])
     seed_everything(cfg.seed)
     data = build_data(cfg)
     model = build_model(cfg, data).train()
@@ -58,8 +67,10 @@ def _build(stem: str, batch_size: int, seed: int) -> tuple[nn.Module, Callable[[
     idx = torch.randperm(len(data.train), generator=g)[:batch_size].tolist()
     batch = data.collate([data.train[i] for i in idx])  # points [b, n, 3], labels [b]
 
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+
     def step() -> None:
-        loss = torch.nn.functional.cross_entropy(model(batch["points"]), batch["labels"])
+        loss = torch.nn.functional.cross_entropy(model(**inputs), batch["labels"])
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -140,11 +151,17 @@ def main(overrides: list[str]) -> int:
     cfg = parse_overrides(CostConfig, list(overrides), "point_peft_cost")
     torch.set_num_threads(cfg.threads)
     rows = [r.strip() for r in cfg.rows.split(",") if r.strip()]
-    built = {r: _build(ROWS[r], cfg.batch, cfg.seed) for r in rows}
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        from peftkit.core.errors import ConfigError
+
+        raise ConfigError(f"unknown row(s) {unknown}; choose from {', '.join(ROWS)}")
+    built = {r: _build(*ROWS[r], cfg.batch, cfg.seed) for r in rows}
     times = interleaved_times({r: built[r][1] for r in rows}, warmup=1, rounds=cfg.rounds)
     med = medians(times)
     peaks = {r: step_peak(built[r][1]).peak_bytes for r in rows}
-    profiles = {r: profile(built[r][0], built[r][1], cfg.rounds) for r in rows if r in ("full", "point_peft")}
+    profiled = ("full", "point_peft", "point_peft_cached")
+    profiles = {r: profile(built[r][0], built[r][1], cfg.rounds) for r in rows if r in profiled}
     ref = "full" if "full" in med else rows[0]
     result = {
         "config": dataclasses.asdict(cfg), "step_time_s": med, "step_times_s": times,
