@@ -30,6 +30,13 @@ def device_note(device: str) -> str:
             "high-water mark over the loaded baseline, so allocator effects are included")
 
 
+def live_note(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"device: {torch.cuda.get_device_name()} (cuda max_memory_allocated over the step's start)"
+    return (f"device: CPU ({platform.processor() or platform.machine()}); peak of live tensor bytes from the "
+            "PyTorch profiler's memory events (not RSS)")
+
+
 def _line_figure(saved: Sequence[dict[str, Any]], archs: list[str], depths: list[int],
                  lengths: list[int]) -> Any:
     """Saved bytes vs depth (shortest length) and vs length (middle depth), one row of panels per shape."""
@@ -60,8 +67,8 @@ def _line_figure(saved: Sequence[dict[str, Any]], archs: list[str], depths: list
 
 def write_memory(cfg: Any, saved: list[dict[str, Any]], peaks: list[dict[str, Any]],
                  times: list[dict[str, Any]], device: str, seconds: float, command: str,
-                 points: list[dict[str, Any]]) -> list[Path]:
-    """OUT/memory.*, OUT/memory_peak.*, OUT/memory_time.* (JSON + Markdown + PNG each)."""
+                 points: list[dict[str, Any]], live: list[dict[str, Any]] | None = None) -> list[Path]:
+    """OUT/memory.*, OUT/memory_peak.*, OUT/memory_live.*, OUT/memory_time.* (JSON + Markdown + PNG)."""
     depths = sorted(int(d) for d in cfg.depths.split(","))
     lengths = sorted(int(t) for t in cfg.lengths.split(","))
     arch, td, tt = cfg.target.split(",")
@@ -94,6 +101,21 @@ def write_memory(cfg: Any, saved: list[dict[str, Any]], peaks: list[dict[str, An
         out.append(write_report(cfg.out_dir, "memory_peak", rows=peaks, columns=pcols, notes=notes, meta=meta,
                                 title=f"Whole training step peak, fresh process ({arch}, {tt} tokens)",
                                 figure=fig)["md"])
+    if live:
+        lcols = [Column("method", "method"), Column("depth", "layers"),
+                 Column("peak_bytes", "step peak (live tensors)", fmt_mib),
+                 Column("peak_vs_full", "vs full FT", fmt_ratio),
+                 Column("depth_growth", "deepest / shallowest", fmt_ratio),
+                 Column("anchors", "anchors (auto)", lambda v: "–" if v is None else str(len(v)))]
+        la, ld, lt = cfg.live_target.split(",")
+        fig = bar_panels([r for r in live if r["depth"] == int(ld)], "method",
+                         [Panel("peak_vs_full", "whole-step peak / full FT", fmt_ratio)],
+                         title=f"{la}, {ld} layers, {lt} tokens, batch {cfg.live_batch}")
+        lnotes = [live_note(device), f"{la} shape, {lt} tokens, batch {cfg.live_batch}, dropout 0.1, fp32, "
+                  "one step after a warm-up step (AdamW, zero_grad(set_to_none=True)); "
+                  f"{cfg.threads} thread(s); rows kept in {cfg.rows_dir}", f"command: `{command}`"]
+        out.append(write_report(cfg.out_dir, "memory_live", rows=live, columns=lcols, notes=lnotes, meta=meta,
+                                figure=fig, title="Whole training step: peak of live tensor bytes")["md"])
     if times:
         tcols = [Column("method", "method"), Column("rev_s", "reversible (s)", fmt_float),
                  Column("vanilla_s", "vanilla backward (s)", fmt_float),

@@ -12,6 +12,9 @@ tokens (docs/design.md, Measuring):
   ``max_memory_allocated``), at the target point (BERT-base, 12 layers, 512 tokens) for every method and at
   6 / 24 layers for MEFT1 with and without the reversible backward. Every point runs in a fresh process
   (``bench._subproc``);
+* ``live``: the whole-step peak of live tensor bytes (profiler memory events; CUDA allocator statistics) of
+  one training step after a warm-up step, BERT-base shape, 12 layers, 512 tokens, batch 2, dropout on, for
+  every method, and for MEFT1/2/3 at every depth (``bench.memory_live``; rows kept in ``rows_dir``);
 * ``time``: median step time of each MEFT variant with the reversible backward as a ratio to the same
   architecture with vanilla backward (``num_rev_layers=0``), interleaved in one process (``bench.speed``).
 
@@ -62,6 +65,10 @@ class SweepConfig:
     peak_steps: int = 1                    # optimiser steps whose peak is read
     time_arch: str = "minilm,12,128"       # where the reversible/vanilla step-time ratio is measured
     time_rounds: int = 3
+    live: bool = True                      # whole-step peak of live tensor bytes (bench.memory_live)
+    live_target: str = "bert_base,12,512"  # (arch, depth, length); MEFT also at every depth of ``depths``
+    live_batch: int = 2
+    rows_dir: str = "docs/results/meft_rows/memory"  # one JSON per live row, kept in the repository
     threads: int = 1
     device: str = "auto"                   # auto | cpu | cuda
 
@@ -227,10 +234,13 @@ def main(overrides: list[str]) -> int:
     cfg = parse(overrides)
     torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
+    from peftkit.bench.memory_live import live_rows, live_table
+
     rows = measure(cfg) if cfg.points else []
+    live = live_table(live_rows(cfg, _device(cfg))) if cfg.live else []
     times = time_rows(cfg) if cfg.time_rounds else []
     paths = write_memory(cfg, saved_table(cfg, rows), peak_table(rows), times, _device(cfg),
-                         time.perf_counter() - t0, "peftkit bench memory " + " ".join(overrides), rows)
+                         time.perf_counter() - t0, "peftkit bench memory " + " ".join(overrides), rows, live)
     print("wrote " + ", ".join(str(p) for p in paths), flush=True)
     return 0
 

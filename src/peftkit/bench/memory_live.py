@@ -1,0 +1,103 @@
+"""Whole-step peak of live tensor bytes, per method, for ``peftkit bench memory`` (part ``live``).
+
+One training step (forward, loss, backward, AdamW step, ``zero_grad(set_to_none=True)``) is measured after one
+warm-up step (which creates the optimiser state and lets MEFT calibrate its anchors) with
+:func:`peftkit.measure.peak.step_peak`: profiler memory events on CPU, ``torch.cuda.max_memory_allocated``
+on a GPU. The number is the peak of tensors allocated inside the step and not yet freed: activations, the
+gradients created in the step, temporaries; not the parameters or the optimiser state that existed before.
+Random-weight BERT in a real shape (``bench.random_bert``), dropout on, the same synthetic batch for every
+method. Each row is kept as a JSON in ``rows_dir``, and rows already there are not measured again.
+
+Shape legend: b batch, t tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+LIVE_METHODS = ("full FT", "LoRA r=8", "Pfeiffer adapter", "MEFT1", "MEFT2", "MEFT3")
+LIVE_DEPTH_ARM = ("MEFT1", "MEFT2", "MEFT3")  # also at every depth: is the peak flat in depth?
+
+
+def live_points(arch: str, depths: list[int], target_depth: int) -> list[tuple[str, int, str]]:
+    """(arch, depth, method): every method at the target depth, the MEFT variants at every depth."""
+    pts = [(arch, target_depth, m) for m in LIVE_METHODS]
+    pts += [(arch, d, m) for m in LIVE_DEPTH_ARM for d in depths if d != target_depth]
+    return pts
+
+
+def row_key(arch: str, depth: int, length: int, batch: int, method: str, device: str) -> str:
+    slug = "".join(c if c.isalnum() else "_" for c in method.lower())
+    return f"{arch}_L{depth}_T{length}_B{batch}_{slug}_{device}"
+
+
+def measure_live(cfg: Any, arch: str, depth: int, length: int, method: str, device: str) -> dict[str, Any]:
+    """One row: the live-byte peak of one step of ``method`` (see the module docstring)."""
+    from peftkit.bench.memory import default_loss_for, model_inputs
+    from peftkit.bench.memory_sweep import build
+    from peftkit.measure import step_peak
+
+    model, batch = build(cfg, method, arch, depth, length)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    loss_fn = default_loss_for(model)
+
+    def step() -> None:
+        loss_fn(model(**model_inputs(batch)), batch).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # warm-up: optimiser state, MEFT's anchor calibration
+    res = step_peak(step, device)
+    anchors = [sorted(m.anchors) for m in model.modules() if getattr(m, "anchors", None) is not None]
+    row = {"arch": arch, "depth": depth, "length": length, "batch": cfg.batch_size, "method": method,
+           "device": device, "peak_bytes": res.peak_bytes, "end_bytes": res.end_bytes,
+           "anchors": anchors[0] if anchors else None,
+           "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+           "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    return row
+
+
+def live_rows(cfg: Any, device: str) -> list[dict[str, Any]]:
+    """Every live point (stored rows reused); ``cfg`` is the sweep's ``SweepConfig``."""
+    from peftkit.core.io import atomic_write_json
+
+    cfg = dataclasses.replace(cfg, batch_size=cfg.live_batch)
+    arch, depth, length = cfg.live_target.split(",")
+    depths = sorted(int(d) for d in cfg.depths.split(","))
+    out = []
+    for a, d, m in live_points(arch, depths, int(depth)):
+        path = Path(cfg.rows_dir) / f"{row_key(a, d, int(length), cfg.batch_size, m, device)}.json"
+        if path.exists():
+            out.append(json.loads(path.read_text()))
+            continue
+        print(f"live peak: {a} L{d} T{length} B{cfg.batch_size} {m}", flush=True)
+        row = measure_live(cfg, a, d, int(length), m, device)
+        gc.collect()  # the measured model goes before the next is built
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, row)
+        out.append(row)
+    return out
+
+
+def live_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with ``peak_vs_full`` (full FT at the same depth) and, for MEFT, ``depth_growth``
+    (peak at the deepest / at the shallowest depth measured)."""
+    full = {r["depth"]: r["peak_bytes"] for r in rows if r["method"] == "full FT"}
+    by_method: dict[str, dict[int, int]] = {}
+    for r in rows:
+        by_method.setdefault(r["method"], {})[r["depth"]] = r["peak_bytes"]
+    out = []
+    for r in sorted(rows, key=lambda r: (LIVE_METHODS.index(r["method"]), r["depth"])):
+        r = dict(r)
+        r["peak_vs_full"] = r["peak_bytes"] / full[r["depth"]] if r["depth"] in full else None
+        ds = by_method[r["method"]]
+        r["depth_growth"] = ds[max(ds)] / ds[min(ds)] if len(ds) > 1 else None
+        out.append(r)
+    return out
