@@ -11,7 +11,24 @@ import torch
 from torch import nn
 
 from peftkit.backbones.hf.loading import auto_class, finish
+from peftkit.core.errors import ConfigError
 from peftkit.core.registry import register_backbone
+
+
+def _config(cls: Any, name: str, defaults: dict[str, Any], kw: dict[str, Any]) -> Any:
+    """``cls(**defaults, **kw)``, ``kw`` overriding the defaults; a key the config class does not know is a
+    ConfigError (a transformers config would silently store it)."""
+    import inspect
+
+    valid = set(cls().to_dict()) | set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+    unknown = sorted(set(kw) - valid)
+    if unknown:
+        shown = ", ".join(sorted(defaults))
+        raise ConfigError(
+            f"unknown key(s) {unknown} for backbone '{name}': not {cls.__name__} fields "
+            f"(valid: task, num_labels, seed, and {cls.__name__} fields such as {shown})"
+        )
+    return cls(**{**defaults, **kw})
 
 
 def _tiny(config: Any, task: str, num_labels: int | None, backbone_id: str, seed: int) -> nn.Module:
@@ -34,9 +51,9 @@ def tiny_bert(
 ) -> nn.Module:
     from transformers import BertConfig
 
-    kw = {"vocab_size": 1000, **kw}  # vocab_size=30522 fits MiniLM's tokenizer (text data in tests)
-    cfg = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=128, **kw)
+    # vocab_size=30522 fits MiniLM's tokenizer (text data in tests)
+    cfg = _config(BertConfig, "tiny_bert", {"vocab_size": 1000, "hidden_size": 32, "num_hidden_layers": 2,
+                  "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 128}, kw)
     return _tiny(cfg, task, num_labels, "tiny_bert", seed)
 
 
@@ -46,8 +63,9 @@ def tiny_roberta(
 ) -> nn.Module:
     from transformers import RobertaConfig
 
-    cfg = RobertaConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=130, pad_token_id=1, **kw)
+    defaults = {"vocab_size": 1000, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+                "intermediate_size": 64, "max_position_embeddings": 130, "pad_token_id": 1}
+    cfg = _config(RobertaConfig, "tiny_roberta", defaults, kw)
     return _tiny(cfg, task, num_labels, "tiny_roberta", seed)
 
 
@@ -57,9 +75,7 @@ def tiny_llama(
 ) -> nn.Module:
     from transformers import LlamaConfig
 
-    cfg = LlamaConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
-                      pad_token_id=0, **kw)
+    cfg = _config(LlamaConfig, "tiny_llama", _llama_layout_kwargs({}), kw)
     return _tiny(cfg, task, num_labels, "tiny_llama", seed)
 
 
@@ -68,8 +84,9 @@ def tiny_t5(task: str = "seq2seq", num_labels: int | None = None, seed: int = 0,
     import transformers
     from transformers import T5Config
 
-    cfg = T5Config(vocab_size=1000, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
-                   num_heads=4, feed_forward_proj="gated-gelu", decoder_start_token_id=0, **kw)
+    cfg = _config(T5Config, "tiny_t5", {"vocab_size": 1000, "d_model": 32, "d_kv": 8, "d_ff": 64,
+                  "num_layers": 2, "num_decoder_layers": 2, "num_heads": 4, "feed_forward_proj": "gated-gelu",
+                  "decoder_start_token_id": 0}, kw)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = transformers.T5ForConditionalGeneration(cfg)
@@ -89,7 +106,8 @@ def tiny_qwen2(
 ) -> nn.Module:
     from transformers import Qwen2Config
 
-    return _tiny(Qwen2Config(**_llama_layout_kwargs(kw)), task, num_labels, "tiny_qwen2", seed)
+    cfg = _config(Qwen2Config, "tiny_qwen2", _llama_layout_kwargs({}), kw)
+    return _tiny(cfg, task, num_labels, "tiny_qwen2", seed)
 
 
 @register_backbone("tiny_mistral", "random 2-layer Mistral (d=32, Llama layout, sliding window) for tests")
@@ -98,7 +116,8 @@ def tiny_mistral(
 ) -> nn.Module:
     from transformers import MistralConfig
 
-    return _tiny(MistralConfig(**_llama_layout_kwargs(kw)), task, num_labels, "tiny_mistral", seed)
+    cfg = _config(MistralConfig, "tiny_mistral", _llama_layout_kwargs({}), kw)
+    return _tiny(cfg, task, num_labels, "tiny_mistral", seed)
 
 
 @register_backbone("tiny_gpt2", "random 2-layer GPT-2 (d=32, fused qkv Conv1D) for tests")
@@ -107,6 +126,6 @@ def tiny_gpt2(
 ) -> nn.Module:
     from transformers import GPT2Config
 
-    cfg = GPT2Config(**{"vocab_size": 1000, "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 128,
-                        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw})
+    cfg = _config(GPT2Config, "tiny_gpt2", {"vocab_size": 1000, "n_embd": 32, "n_layer": 2, "n_head": 4,
+                  "n_positions": 128, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}, kw)
     return _tiny(cfg, task, num_labels, "tiny_gpt2", seed)
