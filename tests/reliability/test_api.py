@@ -27,7 +27,7 @@ def _saved(tmp: Path) -> Path:
     return tmp / "ad"
 
 
-CASES: list[tuple[str, Callable[[Path], Any], type[PeftkitError], str]] = [
+CASES: list[Any] = [
     ("num-labels-text", lambda t: _bert(num_labels="5"), ConfigError, r"num_labels must be int .*got '5'"),
     ("num-labels-zero", lambda t: _bert(num_labels=0), ConfigError, r"num_labels must be >= 1 .*got 0"),
     ("num-labels-negative", lambda t: _bert(num_labels=-1), ConfigError, r"num_labels must be >= 1"),
@@ -39,6 +39,13 @@ CASES: list[tuple[str, Callable[[Path], Any], type[PeftkitError], str]] = [
         lambda t: pk.load_backbone("tiny_point", colour="red"),
         ConfigError,
         r"unknown .*\['colour'\]",
+    ),
+    pytest.param(
+        "unknown-kwarg-pretrained",
+        lambda t: pk.load_backbone("minilm", num_labels=2, hidden_sz=64),
+        ConfigError,
+        r"unknown key\(s\) \['hidden_sz'\] for the pretrained model at .*not BertConfig fields",
+        marks=pytest.mark.slow,
     ),
     ("unknown-backbone", lambda t: pk.load_backbone("nope"), ConfigError, r"unknown backbone 'nope'; choose"),
     ("apply-empty", lambda t: pk.apply(_bert(num_labels=2), []), ConfigError, r"at least one method"),
@@ -83,7 +90,14 @@ CASES: list[tuple[str, Callable[[Path], Any], type[PeftkitError], str]] = [
 ]
 
 
-@pytest.mark.parametrize(("call", "cls", "match"), [pytest.param(*c[1:], id=c[0]) for c in CASES])
+def _param(case: Any) -> Any:
+    if hasattr(case, "marks"):  # a pytest.param (a named tuple itself)
+        name, *rest = case.values
+        return pytest.param(*rest, id=name, marks=case.marks)
+    return pytest.param(*case[1:], id=case[0])
+
+
+@pytest.mark.parametrize(("call", "cls", "match"), [_param(c) for c in CASES])
 def test_bad_api_call(
     tmp_path: Path, call: Callable[[Path], Any], cls: type[PeftkitError], match: str
 ) -> None:

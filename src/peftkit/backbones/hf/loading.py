@@ -65,4 +65,18 @@ def from_pretrained(path: Path | str, task: str, num_labels: int | None, **kw: A
     import transformers
 
     transformers.logging.set_verbosity_error()  # the "newly initialised head" notice is expected
-    return auto_class(task).from_pretrained(str(path), **extra)
+    transformers.utils.logging.disable_progress_bar()  # a bar per load on stderr; errors stay one line
+    if not kw:
+        return auto_class(task).from_pretrained(str(path), **extra)
+    config = transformers.AutoConfig.from_pretrained(str(path))
+    unknown = sorted(set(kw) - set(config.to_dict()))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {unknown} for the pretrained model at {path}: not {type(config).__name__} "
+            "fields (valid: task, num_labels and that config's fields, e.g. hidden_dropout_prob)"
+        )
+    try:
+        return auto_class(task).from_pretrained(str(path), **extra)
+    except (ValueError, RuntimeError) as e:  # e.g. a size that contradicts the pretrained weights
+        line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ConfigError(f"backbone options {kw} do not fit the pretrained model at {path}: {line}") from None
