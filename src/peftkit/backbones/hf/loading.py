@@ -79,4 +79,7 @@ def from_pretrained(path: Path | str, task: str, num_labels: int | None, **kw: A
         return auto_class(task).from_pretrained(str(path), **extra)
     except (ValueError, RuntimeError) as e:  # e.g. a size that contradicts the pretrained weights
         line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ConfigError(f"backbone options {kw} do not fit the pretrained model at {path}: {line}") from None
+        if "ignore_mismatched_sizes" in line:
+            line = "a weight shape would differ from the pretrained one; remove the size option"
+        raise ConfigError(f"backbone options {kw} do not fit the pretrained model at {path}: {line}") \
+            from None
