@@ -69,7 +69,7 @@ def from_pretrained(path: Path | str, task: str, num_labels: int | None, **kw: A
     if not kw:
         return auto_class(task).from_pretrained(str(path), **extra)
     config = transformers.AutoConfig.from_pretrained(str(path))
-    unknown = sorted(set(kw) - set(config.to_dict()))
+    unknown = sorted(set(kw) - set(config.to_dict()) - {"dtype", "torch_dtype", "attn_implementation"})
     if unknown:
         raise ConfigError(
             f"unknown key(s) {unknown} for the pretrained model at {path}: not {type(config).__name__} "
