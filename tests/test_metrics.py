@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from peftkit.core.errors import ConfigError
 from peftkit import metrics as M
+from peftkit.core.errors import ConfigError
 
 
 def test_accuracy_and_binary_f1_by_hand() -> None:

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from peftkit.data.base import Batch
 from peftkit import metrics as M
+from peftkit.data.base import Batch
 
 
 def logits_of(output: Any) -> torch.Tensor:
