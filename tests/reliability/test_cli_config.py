@@ -115,7 +115,12 @@ CASES = [
         r"backbone 'tiny_point' with methods \[lora\] cannot take a batch of data 'toy_tokens'",
         earlier=True,
     ),
-    Case("unknown-backbone-kwarg", _train("backbone.hidden_sz=64"), r"hidden_sz", earlier=True),
+    Case(
+        "unknown-backbone-kwarg",
+        _train("backbone.hidden_sz=64"),
+        r"unknown key\(s\) \['hidden_sz'\] for backbone 'tiny_bert': not BertConfig fields",
+        earlier=True,
+    ),
     Case(
         "roberta-vocab-kwarg",
         _train("backbone.name=tiny_roberta", "backbone.vocab_size=500"),
