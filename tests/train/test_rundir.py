@@ -75,7 +75,11 @@ def test_clean_only_what_a_run_writes(tmp_path: Path) -> None:
         (tmp_path / name).write_text("x")
     (tmp_path / "metrics.json").write_text("{}")
     removed = clean_run_orphans(tmp_path)
-    assert sorted(r.split("/")[-1] for r in removed) == [".adapter.old-42", ".config.yaml.tmp-1", ".step_2.tmp-abc"]
+    assert sorted(r.split("/")[-1] for r in removed) == [
+        ".adapter.old-42",
+        ".config.yaml.tmp-1",
+        ".step_2.tmp-abc",
+    ]
     assert clean_run_dir(tmp_path) == ["metrics.json", "adapter", "checkpoints", "tb"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]
 
