@@ -2,6 +2,7 @@
 
     peftkit list                                   methods, backbones, datasets, benchmarks
     peftkit train CONFIG [k=v ...] [--resume RUN] [--overwrite]  one run (torchrun-aware)
+    peftkit train --resume RUN [k=v ...]           continue RUN with its own config (resumable keys only)
     peftkit eval RUN_DIR [--split test|val]        evaluate a saved run
     peftkit predict RUN_DIR --text "..." | --file F.csv [--out P.csv]   classify new texts with a run
     peftkit bench NAME [k=v ...]                   a benchmark (peftkit.bench.BENCHES)
@@ -81,7 +82,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from peftkit.train.config import load_config
     from peftkit.train.loop import run
 
-    cfg = load_config(args.config, args.overrides)
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config and not os.path.isfile(config):
+        config, overrides = None, [config, *overrides]  # `peftkit train --resume RUN k=v`: no CONFIG given
+    if config is None:
+        if args.resume is None:
+            raise ConfigError("peftkit train needs a CONFIG (a YAML run config), e.g. peftkit train run.yaml")
+        config = os.path.join(args.resume, "config.yaml")  # continue the run as it was configured
+    cfg = load_config(config, overrides)
     summary = run(cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         _print_summary(summary, cfg.out_dir if args.resume is None else args.resume)
@@ -199,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="methods, backbones, datasets, benches")
     ls.set_defaults(fn=cmd_list)
     t = sub.add_parser("train", help="train one run from a YAML config")
-    t.add_argument("config")
+    t.add_argument("config", nargs="?", help="the YAML run config (with --resume, default RUN/config.yaml)")
     t.add_argument("overrides", nargs="*", help="key=value, e.g. train.lr=1e-4 method.rank=16")
     t.add_argument(
         "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint"

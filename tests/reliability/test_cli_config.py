@@ -87,7 +87,7 @@ CASES = [
     # the command line itself
     Case("unknown-command", lambda ws: ["frobnicate"], r"invalid choice: 'frobnicate'"),
     Case("unknown-option", _train("--frobnicate"), r"unrecognized arguments: --frobnicate"),
-    Case("train-without-config", lambda ws: ["train"], r"the following arguments are required: config"),
+    Case("train-without-config", lambda ws: ["train"], r"peftkit train needs a CONFIG"),
     Case("unknown-bench", lambda ws: ["bench", "nope"], r"unknown bench 'nope'; choose one of"),
     Case("unknown-data-prep", lambda ws: ["data", "nope"], r"unknown data preparation 'nope'"),
     # bad input found only once the model / data are built: an earlier run in out_dir stays intact

@@ -227,6 +227,14 @@ def test_resume_applies_resumable_keys_and_rewrites_config(ws: Workspace) -> Non
     assert json.loads((ws.out / "metrics.json").read_text())["steps"] == 3
 
 
+def test_resume_without_config_uses_the_runs_own(ws: Workspace, capfd: pytest.CaptureFixture[str]) -> None:
+    ws.with_earlier_run()
+    assert cli.main(["train", "--resume", str(ws.out), "train.max_steps=3", "--no-progress"]) == 0
+    assert yaml.safe_load((ws.out / "config.yaml").read_text())["train"]["max_steps"] == 3
+    assert cli.main(["train", "--resume", str(ws.out), "train.lr=1"]) == 2
+    assert "differs from the run's config.yaml in train.lr" in capfd.readouterr().err
+
+
 def test_orphans_cleaned_user_files_kept(ws: Workspace) -> None:
     """A killed run's temporary / parked names go at the next start; what the user put there stays."""
     ws.with_earlier_run()

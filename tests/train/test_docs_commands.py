@@ -39,7 +39,7 @@ def test_docs_command_is_valid(argv: list[str], monkeypatch: pytest.MonkeyPatch)
     args = parser.commands[argv[0]].parse_intermixed_args(argv[1:])
     if argv[0] == "list":
         assert cli.main(argv) == 0
-    if argv[0] == "train":
+    if argv[0] == "train" and args.resume is None:  # (a resumed run reads RUN_DIR/config.yaml)
         cfg = load_config(args.config, args.overrides)
         for item in args.overrides:  # every override took effect
             key, value = item.split("=", 1)
