@@ -9,9 +9,11 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 from peftkit import cli
@@ -44,6 +46,22 @@ def _damage(ws: Workspace, name: str, data: bytes | None) -> list[str]:
         newest.unlink()
     else:
         newest.write_bytes(data)
+    return _resume(ws)
+
+
+class _Payload:
+    """Unpickling this would create ``marker``: the file must be refused before any of it runs."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+def _code_in_optimizer(ws: Workspace) -> list[str]:
+    newest = checkpointing.list_checkpoints(ws.out)[-1][1]
+    torch.save({"state": _Payload(ws.root / "pwned")}, newest / "optimizer.pt")
     return _resume(ws)
 
 
@@ -109,6 +127,12 @@ CASES = [
         earlier=True,
     ),
     Case(
+        "resume-code-in-optimizer",
+        _code_in_optimizer,
+        r"optimizer\.pt cannot be read \((UnpicklingError|RuntimeError)",
+        earlier=True,
+    ),
+    Case(
         "resume-truncated-state",
         lambda ws: _damage(ws, "trainer_state.json", b'{"step": 1, "ep'),
         r"trainer_state\.json cannot be read .*the checkpoint is corrupt",
@@ -145,6 +169,7 @@ CASES = [
 def test_bad_run_dir(case: Case, ws: Workspace, capfd: pytest.CaptureFixture[str]) -> None:
     try:
         run_case(case, ws, capfd)
+        assert not (ws.root / "pwned").exists()  # no code ran from a planted file
     finally:
         for lock in ws.__dict__.get("_locks", []):
             lock.release()
