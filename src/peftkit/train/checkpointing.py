@@ -135,8 +135,8 @@ def _load(path: Path) -> Any:
     except Exception as e:  # pickle / zip errors: a corrupt or foreign file
         if "Weights only load failed" in str(e) or "Unsupported global" in str(e):
             raise CheckpointError(
-                f"{path} cannot be read: it holds more than tensors and plain values and is refused (it could "
-                "run code); resume from another checkpoint or start a new run"
+                f"{path} cannot be read: it holds more than tensors and plain values and is refused (it "
+                "could run code); resume from another checkpoint or start a new run"
             ) from None
         raise CheckpointError(
             f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
