@@ -20,7 +20,6 @@ sparsifier at ``st_q`` calibrated at its start, gradients straight through), ``l
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -214,11 +213,22 @@ def sparse_curve(cfg: SparsityBenchConfig, model: Any, loader: Any, calib: list[
     return points
 
 
+DENSITY_KEYS = {"density_exact": "exact@fp32", "density_gt1e-02": "gt1e-02@fp32",
+                "preact_pos": "preact_pos@fp32"}
+
+
+def dense_densities(model: Any, loader: Any) -> dict[str, float | None]:
+    """Exact-zero, |a| > 1e-2 and positive pre-activation densities (%) of the dense model on ``loader``."""
+    from peftkit.methods.deft.metrics import density_report
+
+    dens = density_report(model, loader, pad_key="attention_mask")
+    return {k: dens.get(v) for k, v in DENSITY_KEYS.items()}
+
+
 def run_row(cfg: SparsityBenchConfig, dataset: str, variant: str, seed: int) -> dict[str, Any]:
     """Train one model and measure its validation curves; the adapter is saved for the test read."""
     import peftkit as pk
     from peftkit.core.registry import get_dataset
-    from peftkit.methods.deft.metrics import density_report
     from peftkit.train.build import seed_everything
 
     data = get_dataset(dataset)(backbone=cfg.backbone, seed=seed, max_length=cfg.max_length,
@@ -229,71 +239,20 @@ def run_row(cfg: SparsityBenchConfig, dataset: str, variant: str, seed: int) -> 
     seconds = train(cfg, model, variant, train_loader, calib)
     pk.save_adapter(model, adapter_dir(cfg, dataset, variant, seed))
     dense, golds = predict(model, val)
-    dens = density_report(model, val, pad_key="attention_mask")
+    dens = dense_densities(model, val)
     t1 = time.perf_counter()
     curves = {r: sparse_curve(cfg, model, val, calib, dense, golds, r) for r in _list(cfg.rules)}
     return {"dataset": dataset, "variant": variant, "seed": seed, "train_seconds": seconds,
             "curve_seconds": time.perf_counter() - t1, "val_dense_acc": compare(dense, dense, golds)["acc"],
-            "density_exact": dens.get("density/exact@fp32"),
-            "density_gt1e-02": dens.get("density/gt1e-02@fp32"),
-            "preact_pos": dens.get("density/preact_pos@fp32"), "n_train": len(data.train),
+            **dens, "n_train": len(data.train),
             "n_val": len(golds), "curves": curves, "config": asdict(cfg)}
-
-
-def test_read(cfg: SparsityBenchConfig, dataset: str, variant: str, seed: int, rule: str,
-              q: float) -> dict[str, Any]:
-    """The one read of the test split: dense and sparsified at the (rule, q) chosen on validation."""
-    import peftkit as pk
-    from peftkit.core.registry import get_dataset
-    from peftkit.train.build import seed_everything
-
-    data = get_dataset(dataset)(backbone=cfg.backbone, seed=seed, max_length=cfg.max_length,
-                                max_train_examples=cfg.max_train_examples)
-    seed_everything(seed)
-    fresh = pk.load_backbone(cfg.backbone, task="classification", num_labels=data.num_labels)
-    model = pk.load_adapter(fresh, adapter_dir(cfg, dataset, variant, seed)).eval()
-    _, _, calib = loaders(cfg, data, seed)
-    from torch.utils.data import DataLoader
-
-    test = DataLoader(data.test, batch_size=32, collate_fn=data.collate)
-    dense, golds = predict(model, test)
-    kind, fold = RULES[rule]
-    pk.sparsify(model, q, calib=calib, rule=kind, fold_mean=fold)
-    preds, density = sparse_predict(model, test)
-    return {"dataset": dataset, "variant": variant, "seed": seed, "rule": rule, "q": q, "density": density,
-            "dense_acc": compare(dense, dense, golds)["acc"], **compare(preds, dense, golds)}
-
-
-def read_tests(cfg: SparsityBenchConfig) -> None:
-    """Read the test split for every row whose selection (made on validation over all seeds) is new."""
-    from peftkit.bench.sparsity_report import load_rows, select
-    from peftkit.core.io import atomic_write_json
-
-    rows = load_rows(cfg.out_dir)
-    for dataset in _list(cfg.datasets):
-        for variant in _list(cfg.variants):
-            runs = [r for r in rows if r["dataset"] == dataset and r["variant"] == variant]
-            if not runs:
-                continue
-            sel = select(runs, _list(cfg.rules))
-            for r in runs:
-                path = row_path(cfg, dataset, variant, r["seed"]).with_name(
-                    f"{dataset}__{variant}__s{r['seed']}__test.json")
-                if path.is_file():
-                    old = json.loads(path.read_text())
-                    if (old["rule"], old["q"]) == (sel["rule"], sel["q"]):
-                        continue
-                if not adapter_dir(cfg, dataset, variant, r["seed"]).is_dir():
-                    print(f"[sparsity] no adapter for {path.name}: test not read", flush=True)
-                    continue
-                atomic_write_json(path, test_read(cfg, dataset, variant, r["seed"], sel["rule"], sel["q"]))
 
 
 def main(overrides: list[str]) -> int:
     """Run the missing rows (seed-major, so partial results stay balanced), then write the summary."""
     import torch
 
-    from peftkit.bench import sparsity_report
+    from peftkit.bench import sparsity_read, sparsity_report
     from peftkit.core.io import atomic_write_json
 
     cfg = parse(overrides)
@@ -311,7 +270,7 @@ def main(overrides: list[str]) -> int:
                     atomic_write_json(path, row)
                     print(f"[sparsity] {dataset} {variant} s{seed}: val dense {row['val_dense_acc']:.1f} "
                           f"({time.perf_counter() - t:.0f} s)", flush=True)
-        read_tests(cfg)
+        sparsity_read.read_tests(cfg)
     paths = sparsity_report.write(cfg, "peftkit bench sparsity " + " ".join(overrides))
     print(Path(paths["md"]).read_text(), flush=True)
     return 0
