@@ -25,7 +25,7 @@ from peftkit.core.errors import ConfigError
 from peftkit.core.io import atomic_write_text, clean_orphans, is_orphan
 
 LOCK_NAME = ".peftkit.lock"
-RUN_FILES = ("config.yaml", "metrics.json", "metrics.jsonl", "adapter", "checkpoints", "tb")
+RUN_FILES = ("config.yaml", "metrics.json", "metrics.jsonl", "metrics.png", "adapter", "checkpoints", "tb")
 RUN_KEYS = ("out_dir", "seed", "backbone", "data", "methods", "train")
 
 
