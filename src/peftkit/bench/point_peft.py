@@ -1,11 +1,11 @@
 """``peftkit bench point_peft``: the KiCad reproduction of Point-PEFT (arXiv 2310.03059) on the CPU protocol.
 
 Rows: linear probe, head only, full FT, LoRA, Point-PEFT, prompt only, adapter only, prompts without the
-bank, Point-PEFT + DEFT, and ``full_rot`` (full FT with rotation augmentation, validated only: the
-augmentation choice). Every fine-tuned row is ``peftkit train configs/point/kicad__<config>.yaml`` with the
-same data, schedule, batch and seeds (the bench's ``epochs`` and ``seed`` overrides); only the method stack
-differs. Model selection uses the carved validation split; the test split is read once, after the last epoch
-(``full_rot`` never reads it). The linear probe fits an L2 softmax regression (L-BFGS) on the frozen
+bank, Point-PEFT + DEFT, and the full-FT selection rows ``full_rot`` (rotation augmentation),
+``full_lr1e-4`` and ``full_drop0`` (head dropout 0): validated only, they chose the recipe. Every
+fine-tuned row is ``peftkit train configs/point/kicad__<config>.yaml`` with the same data, schedule, batch
+and seeds (the bench's ``epochs`` and ``seed`` overrides); only the method stack differs. Model selection uses the carved validation split; the test split is read once, after the last epoch
+(the selection rows never read it). The linear probe fits an L2 softmax regression (L-BFGS) on the frozen
 encoder's ``[cls; max]`` features of the un-augmented clouds, its L2 weight chosen on validation.
 
 Each (row, seed) leaves a small JSON under ``OUT/rows/`` (val curve, test accuracy, trainable parameters
@@ -38,6 +38,10 @@ ROWS: dict[str, tuple[str, str, tuple[str, ...], bool]] = {
     "full": ("full FT", "full", (), True),
     "full_rot": ("full FT + rotation (val only)", "full",
                  ("data.augment=scale_translate+rotate", "train.eval_split=val"), False),
+    "full_lr1e-4": ("full FT, lr 1e-4 (val only)", "full",
+                    ("train.lr=1.0e-4", "train.eval_split=val"), False),
+    "full_drop0": ("full FT, head dropout 0 (val only)", "full",
+                   ("backbone.head_dropout=0.0", "train.eval_split=val"), False),
     "lora": ("LoRA r=8 (qkv, proj)", "lora", (), True),
     "point_peft": ("Point-PEFT", "point_peft", (), True),
     "prompt_only": ("prompt only", "point_peft_prompt_only", (), True),
