@@ -4,8 +4,9 @@ Rows: linear probe, head only, full FT, LoRA, Point-PEFT, prompt only, adapter o
 bank, Point-PEFT + DEFT, and the full-FT selection rows ``full_rot`` (rotation augmentation),
 ``full_lr1e-4`` and ``full_drop0`` (head dropout 0): validated only, they chose the recipe. Every
 fine-tuned row is ``peftkit train configs/point/kicad__<config>.yaml`` with the same data, schedule, batch
-and seeds (the bench's ``epochs`` and ``seed`` overrides); only the method stack differs. Model selection uses the carved validation split; the test split is read once, after the last epoch
-(the selection rows never read it). The linear probe fits an L2 softmax regression (L-BFGS) on the frozen
+and seeds (the bench's ``epochs`` and ``seed`` overrides); only the method stack differs. Model selection
+uses the carved validation split; the test split is read once, after the last epoch (the selection rows
+never read it). The linear probe fits an L2 softmax regression (L-BFGS) on the frozen
 encoder's ``[cls; max]`` features of the un-augmented clouds, its L2 weight chosen on validation.
 
 Each (row, seed) leaves a small JSON under ``OUT/rows/`` (val curve, test accuracy, trainable parameters
