@@ -45,6 +45,8 @@ ROWS: dict[str, tuple[str, str, tuple[str, ...], bool]] = {
                    ("backbone.head_dropout=0.0", "train.eval_split=val"), False),
     "lora": ("LoRA r=8 (qkv, proj)", "lora", (), True),
     "point_peft": ("Point-PEFT", "point_peft", (), True),
+    "point_peft_cached": ("Point-PEFT, cached query (not in the paper)", "point_peft",
+                          ("data.example_index=true", "methods.0.cache_query=true"), True),
     "prompt_only": ("prompt only", "point_peft_prompt_only", (), True),
     "adapter_only": ("adapter only", "point_peft_adapter_only", (), True),
     "no_bank": ("prompt w/o bank", "point_peft_no_bank", (), True),
@@ -164,7 +166,7 @@ def main(overrides: list[str]) -> int:
 
                     rec = probe(seed, cfg.threads, PROBE_L2)
                 else:
-                    if row in ("point_peft", "prompt_only", "point_peft_deft"):
+                    if row in ("point_peft", "point_peft_cached", "prompt_only", "point_peft_deft"):
                         ensure_bank(cfg)
                     rec = run_row(cfg, row, seed)
                 path.parent.mkdir(parents=True, exist_ok=True)
