@@ -45,13 +45,6 @@ def test_lora_trained_with_deft_exports_to_peft_and_records_deft(tiny: Any, tmp_
     torch.testing.assert_close(tiny.output(loaded, "tiny_bert"), ours, rtol=0, atol=1e-6)
 
 
-def test_export_refuses_a_second_method_with_parameters(tiny: Any, tmp_path: Any) -> None:
-    model = pk.apply(tiny.build("tiny_bert"), [pk.LoRA(), pk.Adapter()])
-    with pytest.raises(pk.UnsupportedError, match=r"\['adapter'\] carry parameters peft cannot hold"):
-        pk.export_peft(model, tmp_path / "x")
-    assert not (tmp_path / "x").exists()
-
-
 MERGEABLE = [
     ("lora", lambda: pk.LoRA(rank=4, targets=["attn_q", "attn_v", "mlp_out"])),
     ("dora", lambda: pk.DoRA(rank=2)),

@@ -214,7 +214,7 @@ def test_export_peft_reads_back_in_peft(make: Any, peft_type: str, tiny: Any, tm
 
 def test_export_peft_refuses_other_stacks(tiny: Any, tmp_path: Any) -> None:
     model = pk.apply(tiny.build("tiny_bert"), [pk.Adapter(), pk.LoRA()])
-    with pytest.raises(pk.UnsupportedError, match=r"\['adapter', 'lora'\]"):
+    with pytest.raises(pk.UnsupportedError, match=r"\[.adapter., .lora.\].*\[.adapter.\] carry parameters"):
         pk.export_peft(model, tmp_path / "x")
     assert not (tmp_path / "x").exists()
     with pytest.raises(pk.UnsupportedError, match="no method"):
