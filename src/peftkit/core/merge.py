@@ -4,8 +4,8 @@ A method merges when its ``Applied.merge`` exists: LoRA, DoRA (W' = m (W + s B A
 (W' = l * W, on the output rows or, for feed-forward roles, the input columns) through peft's own merge;
 full fine-tuning and head-only have nothing to fold. Methods without parameters (DEFT's density loss) are
 simply removed. Anything else has no exact merge -- a bottleneck adapter computes
-``x + U f(D x)`` with a nonlinearity f between its projections, and prompt / prefix tuning add sequence
-positions -- so ``pk.merge`` refuses the whole stack before changing anything.
+``x + U f(D x)`` with a nonlinearity f between its projections, prompt / prefix tuning add sequence
+positions, QLoRA's base is 4-bit -- so ``pk.merge`` refuses the whole stack before changing anything.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ def merge(model: nn.Module) -> nn.Module:
     blocked = [a.name for a in state.applied if a.merge is None and (a.params() or a.buffers())]
     if blocked:
         raise UnsupportedError(
-            f"pk.merge: {', '.join(blocked)} has no exact merge into the base weights (bottleneck "
-            "adapters put a nonlinearity between their projections; prompts add positions); merge works "
-            "for lora, dora, ia3, full and head_only, plus parameter-free methods such as deft. Keep the "
-            "adapter with pk.save_adapter instead"
+            f"pk.merge: {', '.join(blocked)} has no exact merge into the base weights (a bottleneck adapter "
+            "has a nonlinearity between its projections, prompts add positions, a 4-bit base would be "
+            "re-quantised); merge works for lora, dora, ia3, full and head_only, plus parameter-free "
+            "methods such as deft. Keep the adapter with pk.save_adapter instead"
         )
     for a in reversed(state.applied):
         if a.merge is not None:
