@@ -62,7 +62,7 @@ class AccuracyConfig:
     batch_size: int = 16
     numerics_docs: int = 16                   # BBC articles for part=init / numerics
     numerics_backbone: str = "minilm"         # part=numerics: minilm | smollm2
-    numerics_tables: str = "recon,grad"       # part=numerics: which tables
+    numerics_tables: str = "default"          # part=numerics: default (auto anchors), recon, grad
     variants: str = "meft1,meft2,meft3"       # part=numerics: MEFT variants
     anchors: str = "0,2"                      # part=numerics: anchor_every values of the gradient table
     threads: int = 1
@@ -239,6 +239,9 @@ def main(overrides: list[str]) -> int:
             tables["meft_init"] = num.init_fidelity(batch, backbone=bb)
         if cfg.part == "numerics" and "recon" in cfg.numerics_tables:
             tables["meft_recon"] = num.reconstruction_table(batch, backbone=bb, variants=variants)
+        if cfg.part == "numerics" and "default" in cfg.numerics_tables:
+            tables["meft_recon_default"] = num.default_reconstruction_table(batch, backbone=bb,
+                                                                            variants=variants)
         if cfg.part == "numerics" and "grad" in cfg.numerics_tables:
             anchors = tuple(int(a) for a in str(cfg.anchors).split(","))
             tables["meft_grad"] = num.gradient_table(batch, backbone=bb, anchors=anchors, variants=variants)

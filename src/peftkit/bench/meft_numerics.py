@@ -121,3 +121,29 @@ def gradient_table(batch: dict[str, torch.Tensor], backbone: str = "minilm",
                 rows.append({"variant": variant, "streams": stream, "anchor_every": anchor,
                              "grad_rel_err": err})
     return rows
+
+
+def default_reconstruction_table(batch: dict[str, torch.Tensor], backbone: str = "minilm",
+                                 variants: tuple[str, ...] = VARIANTS) -> list[dict[str, Any]]:
+    """With MEFT's defaults (fp32 streams, ``anchor_every="auto"``, tolerance 1e-3), in train mode (dropout
+    on), fp32 and under bf16 autocast: the anchors the calibration chose, the relative error of every
+    reconstructed layer input in the reversible backward (sampled check; 0 at anchors), and what one anchor
+    costs (two fp32 streams [b, t, d])."""
+    rows = []
+    for mode in ("fp32", "bf16 autocast"):
+        for variant in variants:
+            torch.manual_seed(0)
+            model = pk.apply(pk.load_backbone(backbone, num_labels=5), pk.MEFT(variant=variant)).train()
+            stack = find_stack(model)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode != "fp32"):
+                logits = model(**batch).logits
+            logits.float().pow(2).mean().backward()
+            b, t = batch["input_ids"].shape
+            width = stack.couplings[0].f.adapter.up.out_features
+            errs = stack.last_reconstruction_error or [0.0] * len(stack)  # every layer anchored: no check
+            rows.append({"backbone": backbone, "mode": mode, "variant": variant, "layers": len(stack),
+                         "anchors": sorted(stack.anchors or []), "errors": errs, "worst": max(errs),
+                         "tolerance": stack.tolerance, "anchor_bytes": 2 * b * t * width * 4,
+                         "anchor_bytes_per_token": 2 * width * 4, "tokens": b * t,
+                         "calibration": stack.calibration_errors})
+    return rows

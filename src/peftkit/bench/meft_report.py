@@ -188,6 +188,15 @@ def write_numerics(cfg: Any, tables: dict[str, list[dict[str, Any]]], seconds: f
                         Column("variant", "variant"),
                         *[Column(f"layer{i}", f"layer {i}", e) for i in range(depth)]],
                        Panel("worst", "worst layer (log10)", e)),
+        "meft_recon_default": (
+            "Defaults (fp32 streams, auto anchors, tolerance 1e-3): reconstructed layer inputs in backward",
+            [Column("backbone", "backbone"), Column("mode", "mode"), Column("variant", "variant"),
+             Column("layers", "layers"), Column("anchors", "anchors (auto)", lambda v: str(v)),
+             Column("worst", "worst layer error", e),
+             Column("errors", "per layer (0 = anchor)", lambda v: " ".join(f"{x:.0e}" for x in v)),
+             Column("anchor_bytes", "one anchor at this batch", fmt_mib),
+             Column("anchor_bytes_per_token", "one anchor per token", lambda v: f"{v / 1024:.1f} KiB")],
+            Panel("worst", "worst layer error", e)),
         "meft_grad": ("Adapter gradients: reversible backward vs plain autograd (fp32 model)",
                       [Column("variant", "variant"), Column("streams", "streams"),
                        Column("anchor_every", "anchor_every"), Column("grad_rel_err", "relative error", e)],
@@ -197,13 +206,13 @@ def write_numerics(cfg: Any, tables: dict[str, list[dict[str, Any]]], seconds: f
     for name, rows in tables.items():
         title, cols, panel = specs[name]
         for r in rows:
-            r["label"] = " ".join(str(r.get(k)) for k in ("dtype", "streams", "variant", "lam", "beta",
-                                                            "anchor_every") if k in r)
-            if name == "meft_recon":
+            keys = ("dtype", "mode", "streams", "variant", "lam", "beta", "anchor_every")
+            r["label"] = " ".join(str(r.get(k)) for k in keys if k in r)
+            if name in ("meft_recon", "meft_recon_default"):
                 import math
 
                 r["worst_log10"] = math.log10(max(r["worst"], 1e-300))
-        if name == "meft_recon":
+        if name in ("meft_recon", "meft_recon_default"):
             panel = Panel("worst_log10", "log10 of the worst layer's error", fmt_float)
         fig = bar_panels(rows, "label", [panel], title=title)
         out.append(write_report(cfg.out_dir, name, rows=rows, columns=cols, notes=notes, figure=fig,
