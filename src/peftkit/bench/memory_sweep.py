@@ -47,7 +47,11 @@ METHODS: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {
     **{f"MEFT{v} vanilla": ([{**_MEFT, "variant": f"meft{v}", "num_rev_layers": 0}], {}) for v in (1, 2, 3)},
     **{f"MEFT{v}": ([{**_MEFT, "variant": f"meft{v}"}], {}) for v in (1, 2, 3)},
     "MEFT1 + DEFT": ([{**_MEFT, "variant": "meft1"}, {"name": "deft"}], {}),
+    "MEFT1, backbone attention": ([{**_MEFT, "variant": "meft1", "bounded_attention": False}], {}),
+    "MEFT1, backbone attention vanilla": ([{**_MEFT, "variant": "meft1", "bounded_attention": False,
+                                            "num_rev_layers": 0}], {}),
 }
+TIMED = ("MEFT1", "MEFT2", "MEFT3", "MEFT1, backbone attention")  # reversible vs " vanilla" (+ full FT)
 
 
 @dataclass
@@ -205,7 +209,7 @@ def time_rows(cfg: SweepConfig) -> list[dict[str, Any]]:
 
     arch, depth, length = _point(cfg.time_arch)
     steps = {}
-    for label in ["full FT", *[f"MEFT{v}{s}" for v in (1, 2, 3) for s in ("", " vanilla")]]:
+    for label in ["full FT", *[f"{m}{s}" for m in TIMED for s in ("", " vanilla")]]:
         model, batch = build(cfg, label, arch, depth, length)
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         loss_fn = default_loss_for(model)
@@ -218,9 +222,9 @@ def time_rows(cfg: SweepConfig) -> list[dict[str, Any]]:
 
         steps[label] = step
     med = medians(interleaved_times(steps, warmup=1, rounds=cfg.time_rounds))
-    return [{"method": f"MEFT{v}", "arch": arch, "depth": depth, "length": length, "rev_s": med[f"MEFT{v}"],
-             "vanilla_s": med[f"MEFT{v} vanilla"], "ratio": med[f"MEFT{v}"] / med[f"MEFT{v} vanilla"],
-             "full_s": med["full FT"], "ratio_full": med[f"MEFT{v}"] / med["full FT"]} for v in (1, 2, 3)]
+    return [{"method": m, "arch": arch, "depth": depth, "length": length, "rev_s": med[m],
+             "vanilla_s": med[f"{m} vanilla"], "ratio": med[m] / med[f"{m} vanilla"],
+             "full_s": med["full FT"], "ratio_full": med[m] / med["full FT"]} for m in TIMED]
 
 
 def parse(overrides: list[str]) -> SweepConfig:

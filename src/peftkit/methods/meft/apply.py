@@ -36,12 +36,13 @@ from peftkit.methods.meft.coupling import Coupling
 from peftkit.methods.meft.stack import ReversibleStack
 
 
-def _subnets(variant: str, ops: BlockOps, fa: Bottleneck, ga: Bottleneck) -> tuple[SubNet, SubNet]:
+def _subnets(variant: str, ops: BlockOps, fa: Bottleneck, ga: Bottleneck,
+             bounded: bool) -> tuple[SubNet, SubNet]:
     if variant == "meft1":
-        return SubNet("layer", fa, ops), SubNet("adapter", ga, None)
+        return SubNet("layer", fa, ops, bounded), SubNet("adapter", ga, None)
     if variant == "meft2":
-        return SubNet("adapter", fa, None), SubNet("layer", ga, ops)
-    return SubNet("attn", fa, ops), SubNet("ffn", ga, ops)
+        return SubNet("adapter", fa, None), SubNet("layer", ga, ops, bounded)
+    return SubNet("attn", fa, ops, bounded), SubNet("ffn", ga, ops, bounded)
 
 
 def _width(block: nn.Module, roles: Mapping[str, str]) -> int:
@@ -90,7 +91,7 @@ def apply_meft(model: nn.Module, spec: BackboneSpec, config: MEFT) -> Applied:
         ref, width = next(b.parameters()), _width(b, stack_spec.roles)
         fa, ga = (meft_adapter(width, config.adapter_dim, act, drop, config.adapter_init_std, ref)
                   for _ in range(2))
-        f, g = _subnets(config.variant, o, fa, ga)
+        f, g = _subnets(config.variant, o, fa, ga, config.bounded_attention)
         ops.append(o)
         couplings.append(Coupling(f, g, lam, beta, switch))
     stack = ReversibleStack(list(blocks), couplings, ops, k, config.use_reversible_backward,

@@ -156,17 +156,19 @@ class SubNet(nn.Module):
 
     KINDS = ("layer", "attn", "ffn", "adapter")
 
-    def __init__(self, kind: str, adapter: Bottleneck, ops: BlockOps | None) -> None:
+    def __init__(self, kind: str, adapter: Bottleneck, ops: BlockOps | None,
+                 bounded_attention: bool = True) -> None:
         super().__init__()
         if kind not in self.KINDS or (kind != "adapter" and ops is None):
             raise ValueError(f"bad SubNet kind {kind!r}")
-        self.kind, self.adapter = kind, adapter
+        self.kind, self.adapter, self.bounded_attention = kind, adapter, bool(bounded_attention)
         object.__setattr__(self, "ops", ops)  # plain attribute: not a second registration of the block
 
     def forward(self, x: torch.Tensor, ctx: dict[str, Any]) -> torch.Tensor:
         """``[b, t, d] -> [b, t, d]``, computed in the model's dtype and returned in the stream's dtype."""
         dtype = self.adapter.down.weight.dtype
-        with bounded_attention():  # attention dropout without the math path's [b, h, t, t] graph
+        # attention dropout without the math path's [b, h, t, t] graph (see meft/attention.py)
+        with bounded_attention() if self.bounded_attention and self.kind != "adapter" else nullcontext():
             return self._compute(x.to(dtype), ctx).to(x.dtype)
 
     def _compute(self, x: torch.Tensor, ctx: dict[str, Any]) -> torch.Tensor:

@@ -72,6 +72,10 @@ class MEFT:
             relative error exceeds ``tolerance`` (0 = off).
         on_error: what the check does then: ``"warn"`` (once per stack, naming the layer and the error) or
             ``"raise"`` (:class:`~peftkit.methods.meft.checks.ReconstructionError`, from ``loss.backward()``).
+        bounded_attention: compute attention with dropout head group by head group inside F and G
+            (:mod:`peftkit.methods.meft.attention`), so the recomputed layer never holds the math path's
+            [b, h, t, t] graph; costs one more pass over the attention core in backward. False keeps the
+            backbone's own attention (less time, a higher step peak when dropout is on).
     """
 
     variant: str = "meft1"
@@ -89,6 +93,7 @@ class MEFT:
     calibration_margin: float = 4.0
     check_every: int = 1
     on_error: str = "warn"
+    bounded_attention: bool = True       # not in the paper: attention dropout in bounded memory (docs)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
