@@ -1,8 +1,8 @@
 """``peftkit bench point_peft``: the KiCad reproduction of Point-PEFT (arXiv 2310.03059) on the CPU protocol.
 
 Rows: linear probe, head only, full FT, LoRA, Point-PEFT, prompt only, adapter only, prompts without the
-bank, Point-PEFT + DEFT, and the full-FT selection rows ``full_rot`` (rotation augmentation),
-``full_lr1e-4`` and ``full_drop0`` (head dropout 0): validated only, they chose the recipe. Every
+bank, Point-PEFT + DEFT, and the selection rows (``full_drop05``, ``full_rot``, ``full_lr1e-4``,
+``full_drop0``, ``point_peft_drop05``): validated only, they chose the recipe. Every
 fine-tuned row is ``peftkit train configs/point/kicad__<config>.yaml`` with the same data, schedule, batch
 and seeds (the bench's ``epochs`` and ``seed`` overrides); only the method stack differs. Model selection
 uses the carved validation split; the test split is read once, after the last epoch (the selection rows
@@ -37,12 +37,6 @@ ROWS: dict[str, tuple[str, str, tuple[str, ...], bool]] = {
     "linear_probe": ("linear probe (L-BFGS)", "linear", (), True),
     "head_only": ("head only", "linear", (), True),
     "full": ("full FT", "full", (), True),
-    "full_rot": ("full FT + rotation (val only)", "full",
-                 ("data.augment=scale_translate+rotate", "train.eval_split=val"), False),
-    "full_lr1e-4": ("full FT, lr 1e-4 (val only)", "full",
-                    ("train.lr=1.0e-4", "train.eval_split=val"), False),
-    "full_drop0": ("full FT, head dropout 0 (val only)", "full",
-                   ("backbone.head_dropout=0.0", "train.eval_split=val"), False),
     "lora": ("LoRA r=8 (qkv, proj)", "lora", (), True),
     "point_peft": ("Point-PEFT", "point_peft", (), True),
     "point_peft_cached": ("Point-PEFT, cached query (not in the paper)", "point_peft",
@@ -51,6 +45,17 @@ ROWS: dict[str, tuple[str, str, tuple[str, ...], bool]] = {
     "adapter_only": ("adapter only", "point_peft_adapter_only", (), True),
     "no_bank": ("prompt w/o bank", "point_peft_no_bank", (), True),
     "point_peft_deft": ("Point-PEFT + DEFT", "point_peft+deft", ("train.measure_density=true",), True),
+    # recipe selection for full FT (val only; the first three ran with the paper's head dropout 0.5)
+    "full_drop05": ("full FT, head dropout 0.5 (val only)", "full",
+                    ("backbone.head_dropout=0.5", "train.eval_split=val"), False),
+    "full_rot": ("full FT + rotation, dropout 0.5 (val only)", "full",
+                 ("data.augment=scale_translate+rotate", "backbone.head_dropout=0.5", "train.eval_split=val"),
+                 False),
+    "full_lr1e-4": ("full FT, lr 1e-4, dropout 0.5 (val only)", "full",
+                    ("train.lr=1.0e-4", "backbone.head_dropout=0.5", "train.eval_split=val"), False),
+    "full_drop0": ("full FT, head dropout 0 (val only)", "full", ("train.eval_split=val",), False),
+    "point_peft_drop05": ("Point-PEFT, head dropout 0.5 (val only)", "point_peft",
+                          ("backbone.head_dropout=0.5", "train.eval_split=val"), False),
 }
 BANK_CONFIG = "configs/point/kicad__point_peft.yaml"
 PROBE_L2 = (1e-4, 1e-3, 1e-2, 1e-1)  # grid for the probe's L2 weight, selected on validation
@@ -62,7 +67,10 @@ class BenchConfig:
 
     out: str = "docs/results/point_peft"
     runs: str = "runs/bench_point_peft"
-    rows: str = "linear_probe,full,point_peft,full_rot,head_only,lora,adapter_only,prompt_only,no_bank"
+    rows: str = (
+        "linear_probe,full,point_peft,head_only,lora,adapter_only,prompt_only,no_bank,point_peft_deft,"
+        "point_peft_cached"
+    )
     seeds: str = "0,1,2"
     epochs: int = 12
     threads: int = 1
@@ -103,6 +111,9 @@ def record_from_run(run_dir: Path, row: str, seed: int, args: list[str]) -> dict
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     curve = [r["val/accuracy"] for r in lines if "val/accuracy" in r and "epoch" in r]
     reads_test = ROWS[row][3]
+    test = m.get("eval/accuracy") if m.get("eval_split", "test") == "test" else None
+    if reads_test and test is None and (run_dir / "eval_test.json").is_file():  # `peftkit eval --split test`
+        test = json.loads((run_dir / "eval_test.json").read_text()).get("test/accuracy")
     owners = {
         k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("trainable/") and isinstance(v, int)
     }
@@ -111,7 +122,7 @@ def record_from_run(run_dir: Path, row: str, seed: int, args: list[str]) -> dict
         "val_curve": curve,
         "val_last": curve[-1] if curve else None,
         "val_best": max(curve) if curve else None,
-        "test": m.get("eval/accuracy") if reads_test else None,
+        "test": test if reads_test else None,
         "test_macro_f1": m.get("eval/macro_f1") if reads_test else None,
         "trainable_params": m.get("trainable_params"), "total_params": m.get("total_params"),
         "trainable_by_owner": owners, "head_params": owners.get("head", 0),
@@ -136,6 +147,13 @@ def run_row(cfg: BenchConfig, row: str, seed: int) -> dict[str, Any]:
             raise RuntimeError(f"peftkit train {' '.join(args)} failed (exit {res.returncode}):\n"
                                f"{res.stderr[-2000:]}")
         print(f"[point_peft] {row} s{seed}: {time.time() - t0:.0f} s", flush=True)
+    m = json.loads((run_dir / "metrics.json").read_text())
+    if ROWS[row][3] and m.get("eval_split") == "val" and not (run_dir / "eval_test.json").is_file():
+        # a run that validated only (e.g. a selection run that won): read its test split once now
+        res = subprocess.run([sys.executable, "-m", "peftkit.cli", "eval", str(run_dir), "--split", "test"],
+                             capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"peftkit eval {run_dir} --split test failed:\n{res.stderr[-2000:]}")
     return record_from_run(run_dir, row, seed, args)
 
 
