@@ -157,8 +157,8 @@ def report(out: Path, bench: dict[str, Any], overrides: list[str]) -> dict[str, 
         f"KiCad-12, point_mae_small (CPU-pretrained), 512 points, 32 patches x 16, {bench['epochs']} "
         "epochs, batch 32, AdamW + cosine, scale + translate augmentation, head dropout 0; train = train "
         "minus the carved val split",
-        "val: after the last epoch; test: read once per run after the last epoch (the selection rows, val only, "
-        "never read it)",
+        "val: after the last epoch; test: read once per run after the last epoch (the selection rows, "
+        "val only, never read it)",
         "step time: median training step of each run (wall, shared 2-core CPU, 1 thread); peak: process "
         "RSS high-water mark over the start of training",
         "command: peftkit bench point_peft " + " ".join(overrides),
