@@ -216,3 +216,17 @@ def test_bbc_news_with_the_minilm_tokenizer() -> None:
     batch = data.collate([data.test[i] for i in range(4)])
     assert batch["input_ids"].shape == (4, 32) and batch["input_ids"][:, 0].tolist() == [101] * 4  # [CLS]
     assert int(batch["input_ids"].max()) < 30522
+
+
+def test_tsv_has_no_quoting_and_csv_quotes_are_strict(tmp_path: Path) -> None:
+    from peftkit.data.text_file import read_rows
+
+    lines = [f'"{i} inch screen\t{i % 2}' if i % 3 == 0 else f"plain {i}\t{i % 2}" for i in range(30)]
+    (tmp_path / "a.tsv").write_text("text\tlabel\n" + "\n".join(lines) + "\n")
+    _, rows = read_rows(tmp_path / "a.tsv")
+    assert [r["text"] for _, r in rows] == [ln.split("\t")[0] for ln in lines]  # 30 in, 30 out, quotes kept
+    (tmp_path / "b.csv").write_text('text,label\n"a ""quoted"" word",1\n"open quote,0\nnext,1\n')
+    with pytest.raises(DataError, match=r"b\.csv:\d+: malformed line .*a quoted field is not closed"):
+        read_rows(tmp_path / "b.csv")
+    (tmp_path / "c.csv").write_text('text,label\n"a ""quoted"" word, with comma",1\n')
+    assert read_rows(tmp_path / "c.csv")[1][0][1]["text"] == 'a "quoted" word, with comma'
