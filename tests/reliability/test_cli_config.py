@@ -84,6 +84,12 @@ CASES = [
         lambda ws: ["train", str(ws.write("list.yaml", "- a\n- b\n"))],
         r"a run config is a YAML mapping, got list",
     ),
+    Case(
+        "config-binary",
+        lambda ws: ["train", str(ws.write("model.bin", b"\x80\x03\xff\xfe binary"))],
+        r"model\.bin is not a UTF-8 text file",
+    ),
+    Case("config-is-a-directory", lambda ws: ["train", str(ws.root)], r"is a directory; give the YAML file"),
     # the command line itself
     Case("unknown-command", lambda ws: ["frobnicate"], r"invalid choice: 'frobnicate'"),
     Case("unknown-option", _train("--frobnicate"), r"unrecognized arguments: --frobnicate"),

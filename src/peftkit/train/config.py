@@ -215,12 +215,16 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     tree: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"config file {p} is a directory; give the YAML file (e.g. {p}/config.yaml)")
         if not p.is_file():
             raise ConfigError(f"config file {p} not found")
         try:
-            tree = yaml.safe_load(p.read_text()) or {}
+            tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{p} is not valid YAML: {' '.join(str(e).split())}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p} is not a UTF-8 text file ({e.reason} at byte {e.start})") from None
     return config_from_dict_tree(apply_overrides(tree, overrides or []))
 
 
