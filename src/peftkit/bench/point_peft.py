@@ -150,7 +150,7 @@ def run_row(cfg: BenchConfig, row: str, seed: int) -> dict[str, Any]:
     m = json.loads((run_dir / "metrics.json").read_text())
     if ROWS[row][3] and m.get("eval_split") == "val" and not (run_dir / "eval_test.json").is_file():
         # a run that validated only (e.g. a selection run that won): read its test split once now
-        res = subprocess.run([sys.executable, "-m", "peftkit.cli", "eval", str(run_dir), "--split", "test"],
+        res = subprocess.run([sys.executable, "-m", "peftkit", "eval", str(run_dir), "--split", "test"],
                              capture_output=True, text=True)
         if res.returncode != 0:
             raise RuntimeError(f"peftkit eval {run_dir} --split test failed:\n{res.stderr[-2000:]}")
