@@ -66,6 +66,8 @@ CASES = [
     Case("methods-index", _train("methods.3.rank=1"), r"index '3' out of range"),
     Case("method-not-a-mapping", _train(methods=[5]), r"methods\[0\] must be a name or a mapping"),
     # override syntax and files
+    Case("train-not-a-mapping", _train("train=5"), r"train must be a mapping of keys"),
+    Case("train-a-list", _train(train=[1, 2]), r"train must be a mapping of keys"),
     Case("override-no-equals", _train("train.lr"), r"override 'train\.lr' is not key=value"),
     Case("override-bad-yaml", _train("data.n_train=[1"), r"cannot parse value"),
     Case("override-into-scalar", _train("seed.x=1"), r"'seed\.x': 'seed' is not a mapping"),

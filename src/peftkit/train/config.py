@@ -168,6 +168,15 @@ def _named(node: Any, where: str) -> dict[str, Any]:
     return dict(node)
 
 
+def _section(node: Any, where: str) -> dict[str, Any]:
+    """A mapping section (absent or null: empty); anything else is a ConfigError."""
+    if node is None:
+        return {}
+    if not isinstance(node, dict):
+        raise ConfigError(f"{where} must be a mapping of keys, e.g. {where}: {{epochs: 3}}, got {node!r}")
+    return dict(node)
+
+
 def config_from_dict_tree(tree: dict[str, Any]) -> RunConfig:
     """Build and validate a RunConfig from its YAML form."""
     from peftkit.core.registry import get_backbone, get_dataset
@@ -200,7 +209,7 @@ def config_from_dict_tree(tree: dict[str, Any]) -> RunConfig:
         backbone=bcfg,
         data=dcfg,
         methods=[dict(m) for m in methods],
-        train=_train_from_dict(dict(tree.get("train") or {})),
+        train=_train_from_dict(_section(tree.get("train"), "train")),
     )
     cfg.method_configs()  # validates every method's fields now, before anything heavy runs
     return cfg
