@@ -181,3 +181,23 @@ def test_bad_input_is_one_clear_error():
         pk.sparsify(toy.eval(), 0.5, calib=[{"x": torch.ones(1, 4)}])
     with pytest.raises(UnsupportedError, match="sparsify"):
         pk.sparse_mlp(_lora())
+
+
+def test_sparse_path_or_dense_fallback_by_density(monkeypatch):
+    import torch.nn.functional as F
+
+    from peftkit.methods.deft import sparse_mlp as S
+
+    model = pk.sparsify(_lora(), 0.7, calib=_batches(4, seed=0))
+    batch = _batches(1, seed=2)[0]
+    calls = []
+    real = F.embedding_bag
+    monkeypatch.setattr(F, "embedding_bag", lambda *a, **k: calls.append(1) or real(*a, **k))
+    pk.sparse_mlp(model, max_density=1.0)
+    _logits(model, batch)
+    assert len(calls) == 2  # one per layer
+    pk.sparse_mlp(model, max_density=0.0)  # re-installing sets the new limit
+    _logits(model, batch)
+    assert len(calls) == 2
+    assert S.density_limit(None, 1) == S.ONE_TOKEN_MAX_DENSITY and S.density_limit(None, 48) == 0.05
+    assert S.density_limit(0.3, 1) == 0.3

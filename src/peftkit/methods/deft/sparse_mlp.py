@@ -10,7 +10,8 @@ Gated MLP (Llama, T5 v1.1): the gate activation is thresholded first (``Activati
 the up-projection computes only the rows of the units active in any token of the call (their union),
 ``u[:, S] = x W_up[S]^T + b_up[S]`` (zeros elsewhere), and the down-projection is the one above. A call
 whose density (fraction of non-zero h, or of the union for the up-projection) exceeds ``max_density`` runs
-dense: past that break-even the gather costs more than it saves.
+dense: past that break-even the gather costs more than it saves. By default the limit is the measured
+break-even for the call's token count (``density_limit``).
 
 Outputs equal the dense thresholded model's up to fp32 summation order. ``sparse_mlp(model)`` installs
 it on a sparsified model (undone with the rest by ``pk.remove``); ``sparse_mlp(model, False)`` takes it out.
@@ -30,13 +31,23 @@ from peftkit.core.state import get_state
 from peftkit.core.surgery import set_module
 from peftkit.methods.deft.threshold import ActivationThreshold, FoldedBias
 
-MAX_DENSITY = 0.1  # default break-even (MiniLM, 1 thread); ``peftkit bench sparse_speed`` measures it
+# break-even densities measured by ``peftkit bench sparse_speed`` (CPU, 1 thread): a one-token call (decoding)
+# pays below ~50% (SmolLM2 gated MLP), a 48-token call below ~6% (MiniLM, where only W_out can be skipped)
+ONE_TOKEN_MAX_DENSITY = 0.5
+MULTI_TOKEN_MAX_DENSITY = 0.05
+
+
+def density_limit(max_density: float | None, n_tokens: int) -> float:
+    """The density above which a call runs dense: ``max_density``, or the measured default for n tokens."""
+    if max_density is not None:
+        return max_density
+    return ONE_TOKEN_MAX_DENSITY if n_tokens == 1 else MULTI_TOKEN_MAX_DENSITY
 
 
 class SparseDown(nn.Module):
     """Down-projection that skips zero inputs: ``embedding_bag`` over the rows of ``W^T`` [d, o]."""
 
-    def __init__(self, linear: nn.Linear, max_density: float = MAX_DENSITY) -> None:
+    def __init__(self, linear: nn.Linear, max_density: float | None = None) -> None:
         super().__init__()
         self.dense = linear  # kept (registered) so pk.remove / sparse_mlp(model, False) restore it
         self.register_buffer("weight_t", linear.weight.detach().t().contiguous(), persistent=False)  # [d, o]
@@ -47,7 +58,7 @@ class SparseDown(nn.Module):
         flat = h.reshape(-1, d)  # [n, d]
         hit = flat != 0
         nnz = int(hit.sum())
-        if nnz > self.max_density * flat.numel():
+        if nnz > density_limit(self.max_density, flat.shape[0]) * flat.numel():
             return self.dense(h)
         rows, cols = hit.nonzero(as_tuple=True)  # [nnz], row-major: tokens in order
         starts = torch.zeros(flat.shape[0], dtype=torch.long, device=h.device)
@@ -63,7 +74,7 @@ class SparseUp(nn.Module):
     """Up-projection of a gated MLP computing only the rows of units the gate keeps (union over tokens)."""
 
     def __init__(self, linear: nn.Linear, gate: ActivationThreshold,
-                 max_density: float = MAX_DENSITY) -> None:
+                 max_density: float | None = None) -> None:
         super().__init__()
         self.dense = linear
         self.gate = [gate]  # a plain list: the gate is registered where it lives
@@ -76,7 +87,7 @@ class SparseUp(nn.Module):
             return self.dense(x)
         active = keep.reshape(-1, d).any(0)  # [d]: the union over tokens
         idx = active.nonzero(as_tuple=True)[0]  # [k]
-        if idx.numel() > self.max_density * d:
+        if idx.numel() > density_limit(self.max_density, keep.reshape(-1, d).shape[0]) * d:
             return self.dense(x)
         w = self.dense.weight.index_select(0, idx)  # [k, i], contiguous rows
         b = self.dense.bias.index_select(0, idx) if self.dense.bias is not None else None
@@ -93,7 +104,7 @@ def _plain_linear(module: nn.Module, path: str) -> nn.Linear:
     return inner
 
 
-def sparse_mlp(model: nn.Module, enable: bool = True, max_density: float = MAX_DENSITY) -> nn.Module:
+def sparse_mlp(model: nn.Module, enable: bool = True, max_density: float | None = None) -> nn.Module:
     """Install (or with ``enable=False`` remove) the sparse MLP on a model sparsified by ``pk.sparsify``.
 
     Raises:
@@ -110,7 +121,7 @@ def sparse_mlp(model: nn.Module, enable: bool = True, max_density: float = MAX_D
     return model
 
 
-def _install(spec: BackboneSpec, base: nn.Module, enable: bool, max_density: float) -> None:
+def _install(spec: BackboneSpec, base: nn.Module, enable: bool, max_density: float | None) -> None:
     for s in spec.stacks:
         if "mlp_act" not in s.roles:
             continue
@@ -123,16 +134,19 @@ def _install(spec: BackboneSpec, base: nn.Module, enable: bool, max_density: flo
             if gate is None:
                 raise UnsupportedError(f"sparse MLP: no threshold at '{act_path}'")
             gate.record_keep = enable and in_path is not None
-            _swap(base, out_path, enable, lambda lin: SparseDown(lin, max_density))
+            _swap(base, out_path, enable, lambda lin: SparseDown(lin, max_density), max_density)
             if in_path is not None:
-                _swap(base, in_path, enable, lambda lin, g=gate: SparseUp(lin, g, max_density))
+                _swap(base, in_path, enable, lambda lin, g=gate: SparseUp(lin, g, max_density), max_density)
 
 
-def _swap(base: nn.Module, path: str, enable: bool, make: object) -> None:
+def _swap(base: nn.Module, path: str, enable: bool, make: object, max_density: float | None) -> None:
     mod = base.get_submodule(path)
     holder, name = (mod, "inner") if isinstance(mod, FoldedBias) else (None, path)
     cur = mod.inner if isinstance(mod, FoldedBias) else mod
-    if enable and not isinstance(cur, (SparseDown, SparseUp)):
+    if enable and isinstance(cur, (SparseDown, SparseUp)):
+        cur.max_density = max_density  # installed already: a new limit
+        return
+    if enable:
         new = make(_plain_linear(cur, path))  # type: ignore[operator]
     elif not enable and isinstance(cur, (SparseDown, SparseUp)):
         new = cur.dense
