@@ -42,6 +42,7 @@ class SparseSpeedConfig:
     prompt_tokens: int = 32
     calib_examples: int = 16
     threads: int = 1
+    report_only: bool = False         # re-render the table and plot from OUT/sparse_speed.json
 
 
 def _qs(cfg: SparseSpeedConfig) -> list[float]:
@@ -208,6 +209,29 @@ def break_even(rows: list[dict[str, Any]]) -> float | None:
     return best
 
 
+def figure(rows: list[dict[str, Any]]) -> Any:
+    """Speed-up (dense / sparse) against measured MLP density, MLP-only and end to end, one line per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (key, name) in enumerate((("mlp_ratio", "MLP only"), ("e2e_ratio", "end to end"))):
+        for model in dict.fromkeys(r["model"] for r in rows):
+            pts = sorted((r["density"], r[key]) for r in rows if r["model"] == model)
+            axes[i].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=model)
+        axes[i].axhline(1.0, color="grey", lw=0.8)
+        axes[i].set_xscale("log")
+        axes[i].set_xlabel("MLP density % (measured)")
+        axes[i].set_ylabel("speed-up (dense / sparse)")
+        axes[i].set_title(f"{name}, batch 1, 1 thread")
+        axes[i].grid(alpha=0.3)
+        axes[i].legend()
+    fig.tight_layout()
+    return fig
+
+
 def main(overrides: list[str]) -> int:
     import torch
 
@@ -219,7 +243,13 @@ def main(overrides: list[str]) -> int:
     torch.set_num_threads(cfg.threads)
     rows: list[dict[str, Any]] = []
     benches = {"minilm": bench_minilm, "smollm2": bench_smollm2}
-    for name in [m.strip() for m in cfg.models.split(",") if m.strip()]:
+    stored: dict[str, Any] = {}
+    if cfg.report_only:
+        import json
+
+        stored = json.loads((Path(cfg.out_dir) / "sparse_speed.json").read_text())
+        rows = stored["rows"]
+    for name in [] if cfg.report_only else [m.strip() for m in cfg.models.split(",") if m.strip()]:
         part = benches[name](cfg)
         be = break_even(part)
         for r in part:
@@ -241,8 +271,10 @@ def main(overrides: list[str]) -> int:
              "Sparse = pk.sparsify (magnitude, calibrated on BBC training articles) + pk.sparse_mlp "
              "(embedding_bag down-projection; gated: only the kept rows of the up-projection).",
              f"Command: `peftkit bench sparse_speed {' '.join(overrides)}`"]
+    notes = stored.get("notes", notes)  # a re-render keeps the notes (and command) of the measured run
     paths = write_report(cfg.out_dir, "sparse_speed", rows=rows, columns=cols, notes=notes,
-                         title="Sparse MLP vs dense: latency at batch 1", meta={"config": vars(cfg)})
+                         title="Sparse MLP vs dense: latency at batch 1", meta={"config": vars(cfg)},
+                         figure=figure(rows))
     print(Path(paths["md"]).read_text(), flush=True)
     return 0
 
