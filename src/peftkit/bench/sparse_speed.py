@@ -215,6 +215,7 @@ def figure(rows: list[dict[str, Any]]) -> Any:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for i, (key, name) in enumerate((("mlp_ratio", "MLP only"), ("e2e_ratio", "end to end"))):
@@ -223,6 +224,8 @@ def figure(rows: list[dict[str, Any]]) -> Any:
             axes[i].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=model)
         axes[i].axhline(1.0, color="grey", lw=0.8)
         axes[i].set_xscale("log")
+        axes[i].xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axes[i].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axes[i].set_xlabel("MLP density % (measured)")
         axes[i].set_ylabel("speed-up (dense / sparse)")
         axes[i].set_title(f"{name}, batch 1, 1 thread")

@@ -109,6 +109,7 @@ def figure(cfg: Any, rows: list[dict[str, Any]]) -> Any:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     from peftkit.bench.sparsity import _list
 
@@ -126,6 +127,8 @@ def figure(cfg: Any, rows: list[dict[str, Any]]) -> Any:
                                 label=f"{row['variant']} ({row['rule']})")
         for i, name in enumerate(("validation accuracy %", "agreement with dense %")):
             axes[i][j].set_xscale("log")
+            axes[i][j].xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            axes[i][j].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             axes[i][j].set_xlabel("MLP density % (measured, validation)")
             axes[i][j].set_ylabel(name)
             axes[i][j].set_title(f"{dataset}: {name}")
