@@ -64,7 +64,7 @@ class AccuracyConfig:
     numerics_backbone: str = "minilm"         # part=numerics: minilm | smollm2
     numerics_tables: str = "default"          # part=numerics: default (auto anchors), recon, grad
     variants: str = "meft1,meft2,meft3"       # part=numerics: MEFT variants
-    anchors: str = "0,2"                      # part=numerics: anchor_every values of the gradient table
+    anchors: str = "0,2,auto"                 # part=numerics: anchor_every values of the gradient table
     threads: int = 1
 
 
@@ -243,7 +243,7 @@ def main(overrides: list[str]) -> int:
             tables["meft_recon_default"] = num.default_reconstruction_table(batch, backbone=bb,
                                                                             variants=variants)
         if cfg.part == "numerics" and "grad" in cfg.numerics_tables:
-            anchors = tuple(int(a) for a in str(cfg.anchors).split(","))
+            anchors = tuple(a if a == "auto" else int(a) for a in str(cfg.anchors).split(","))
             tables["meft_grad"] = num.gradient_table(batch, backbone=bb, anchors=anchors, variants=variants)
         paths = meft_report.write_numerics(cfg, tables, time.perf_counter() - t0, command)
     print("wrote " + ", ".join(str(p) for p in paths), flush=True)

@@ -8,9 +8,10 @@ so rounding errors grow layer by layer. Measured here on real all-MiniLM-L6-v2 a
 * ``init_fidelity``: cosine between the converted model's final hidden states and the PLM's, per non-padding
   token (output = mean of the streams; also the stream closest to the PLM), per variant and (lam, beta);
 * ``reconstruction_table``: relative error of every reconstructed layer input (fp64 / fp32 / bf16 model;
-  streams in the model dtype as in the reference, or ``stream_dtype="auto"``);
+  streams in the model dtype as in the reference, or ``stream_dtype="auto"``), no anchors;
 * ``gradient_table``: relative error of the adapter gradients of the reversible backward against plain
-  autograd on the same model (fp32), with and without ``anchor_every``.
+  autograd on the same model (fp32), float64 or fp32 (default) streams, with and without anchors;
+* ``default_reconstruction_table``: the defaults (auto anchors), fp32 and bf16 autocast.
 
 Shape legend: b batch, t tokens, d width.
 """
@@ -87,6 +88,8 @@ def reconstruction_table(batch: dict[str, torch.Tensor], backbone: str = "minilm
         for stream in ("model", "auto"):
             if dtype == torch.float64 and stream == "auto":
                 continue  # identical: auto keeps float64 streams for a float64 model
+            if dtype == torch.bfloat16 and stream == "model":
+                continue  # 16-bit streams are refused (ConfigError)
             for variant in variants:
                 torch.manual_seed(0)
                 model = pk.load_backbone(backbone, task="encoder").to(dtype)
@@ -99,13 +102,13 @@ def reconstruction_table(batch: dict[str, torch.Tensor], backbone: str = "minilm
 
 
 def gradient_table(batch: dict[str, torch.Tensor], backbone: str = "minilm",
-                   anchors: tuple[int, ...] = (0, 2),
+                   anchors: tuple[int | str, ...] = (0, 2, "auto"),
                    variants: tuple[str, ...] = VARIANTS) -> list[dict[str, Any]]:
     """Relative error ||g_rev - g_plain|| / ||g_plain|| of all adapter gradients (fp32 model, eval mode)."""
     labels = torch.arange(batch["input_ids"].shape[0]) % 5
     rows = []
     for variant in variants:
-        for stream in ("model", "auto"):
+        for stream in ("float64", "auto"):
             for anchor in anchors:
                 torch.manual_seed(0)
                 model = pk.load_backbone(backbone, num_labels=5)
