@@ -122,3 +122,18 @@ def test_bad_input_subprocess(tmp_path: Path) -> None:
         assert len(lines) == 1 and lines[0].startswith("peftkit: error: "), (name, stderr)
         assert cases[name][2] in lines[0], (name, lines[0])
     assert not out.exists()
+
+
+def test_bench_help_lists_options_with_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        cli.main(["bench", "ops", "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: peftkit bench ops [key=value ...]")
+    assert "  iters=3  (int)" in out and "  out_dir='runs/bench'  (str)" in out
+    assert cli.main(["bench", "--help"]) == 0
+    assert "the bench (peftkit list shows them)" in capsys.readouterr().out
+    assert cli.main(["bench"]) == 2
+    assert capsys.readouterr().err.startswith("peftkit: error: peftkit bench needs a NAME; choose one of:")
+    assert cli.main(["bench", "ops", "colour=red"]) == 2
+    assert "bench ops: unknown option 'colour=red'; valid keys:" in capsys.readouterr().err

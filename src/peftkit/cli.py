@@ -179,9 +179,15 @@ def _import_user_modules(modules: Sequence[str]) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from peftkit.bench import BENCHES
 
+    if args.name is None:
+        if args.help:
+            build_parser().commands["bench"].print_help()
+            return 0
+        raise ConfigError(f"peftkit bench needs a NAME; choose one of: {', '.join(BENCHES)}")
     if args.name not in BENCHES:
         raise ConfigError(f"unknown bench '{args.name}'; choose one of: {', '.join(BENCHES)}")
-    return int(_lazy(BENCHES[args.name][0], "main", f"bench '{args.name}'")(list(args.overrides)) or 0)
+    overrides = [*args.overrides, "--help"] if args.help else list(args.overrides)  # the bench lists its keys
+    return int(_lazy(BENCHES[args.name][0], "main", f"bench '{args.name}'")(overrides) or 0)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -234,9 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=32)
     pr.add_argument("--no-progress", action="store_true")
     pr.set_defaults(fn=cmd_predict)
-    b = sub.add_parser("bench", help="run a benchmark")
-    b.add_argument("name")
-    b.add_argument("overrides", nargs="*")
+    b = sub.add_parser("bench", help="run a benchmark", add_help=False)
+    b.add_argument("name", nargs="?", help="the bench (peftkit list shows them)")
+    b.add_argument("overrides", nargs="*", help="key=value options of the bench")
+    b.add_argument("-h", "--help", action="store_true", help="this help, or with NAME the bench's options")
     b.set_defaults(fn=cmd_bench)
     for name, fn, helptext in (
         ("pretrain", cmd_pretrain, "Point-MAE pretraining"),
@@ -296,6 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except PeftkitError as e:
         return _user_error(str(e))
+    except BrokenPipeError:  # `peftkit ... | head`: the reader left; no error to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as e:
         return _user_error(_os_error(e))
     except Exception as e:

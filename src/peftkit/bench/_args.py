@@ -41,6 +41,22 @@ def _value(key: str, text: str, hint: Any) -> Any:
     return coerce_scalar(value, hint, key)
 
 
+def options_help(cls: type, bench: str) -> str:
+    """``peftkit bench NAME --help``: the bench's summary and each ``key=default`` with its type."""
+    import dataclasses
+
+    doc = (cls.__doc__ or "").strip().splitlines()
+    summary = doc[:1] if doc and not doc[0].startswith(f"{cls.__name__}(") else []  # not the auto signature
+    lines = [f"usage: peftkit bench {bench} [key=value ...]", *summary, "", "options (default):"]
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        kind = getattr(hints[f.name], "__name__", str(hints[f.name]))
+        key = f"{f.name[: -len(KWARGS_SUFFIX)]}.KEY" if f.name.endswith(KWARGS_SUFFIX) else f.name
+        lines.append(f"  {key}={default!r}  ({kind})")
+    return "\n".join(lines)
+
+
 def parse_overrides(cls: type[T], overrides: list[str], bench: str) -> T:
     """Build ``cls()`` and set each ``key=value`` option on it.
 
@@ -55,6 +71,9 @@ def parse_overrides(cls: type[T], overrides: list[str], bench: str) -> T:
     """
     from peftkit.train.overrides import parse_value
 
+    if "--help" in overrides:  # peftkit bench NAME --help: every key with its default, then exit 0
+        print(options_help(cls, bench))
+        raise SystemExit(0)
     cfg, hints = cls(), typing.get_type_hints(cls)
     dict_fields = {k for k, h in hints.items() if k.endswith(KWARGS_SUFFIX) and typing.get_origin(h) is dict}
     nested = {k[: -len(KWARGS_SUFFIX)] for k in dict_fields}
