@@ -62,6 +62,7 @@ class AccuracyConfig:
     batch_size: int = 16
     numerics_docs: int = 16                   # BBC articles for part=init / numerics
     numerics_backbone: str = "minilm"         # part=numerics: minilm | smollm2
+    numerics_model_dir: str = ""              # part=numerics: a local transformers folder instead (MPNet)
     numerics_tables: str = "default"          # part=numerics: default (auto anchors), recon, grad
     variants: str = "meft1,meft2,meft3"       # part=numerics: MEFT variants
     anchors: str = "0,2,auto"                 # part=numerics: anchor_every values of the gradient table
@@ -233,15 +234,17 @@ def main(overrides: list[str]) -> int:
         from peftkit.bench import meft_numerics as num
 
         bb, variants = cfg.numerics_backbone, tuple(cfg.variants.split(","))
-        batch = num.bbc_batch(cfg.numerics_docs, cfg.max_length, backbone=bb)
+        local = cfg.numerics_model_dir
+        batch = (num.local_bbc_batch(local, cfg.numerics_docs, cfg.max_length) if local
+                 else num.bbc_batch(cfg.numerics_docs, cfg.max_length, backbone=bb))
         tables = {}
         if cfg.part == "init":
             tables["meft_init"] = num.init_fidelity(batch, backbone=bb)
         if cfg.part == "numerics" and "recon" in cfg.numerics_tables:
             tables["meft_recon"] = num.reconstruction_table(batch, backbone=bb, variants=variants)
         if cfg.part == "numerics" and "default" in cfg.numerics_tables:
-            tables["meft_recon_default"] = num.default_reconstruction_table(batch, backbone=bb,
-                                                                            variants=variants)
+            tables["meft_recon_default"] = num.default_reconstruction_table(
+                batch, backbone=bb, variants=variants, model_dir=local)
         if cfg.part == "numerics" and "grad" in cfg.numerics_tables:
             anchors = tuple(a if a == "auto" else int(a) for a in str(cfg.anchors).split(","))
             tables["meft_grad"] = num.gradient_table(batch, backbone=bb, anchors=anchors, variants=variants)

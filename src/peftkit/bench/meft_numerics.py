@@ -126,8 +126,31 @@ def gradient_table(batch: dict[str, torch.Tensor], backbone: str = "minilm",
     return rows
 
 
+def local_model(folder: str, num_labels: int = 5) -> nn.Module:
+    """A transformers classifier from a local folder (e.g. the unpacked all-mpnet-base-v2), spec attached."""
+    from peftkit.backbones.hf import finish
+    from peftkit.backbones.hf.loading import from_pretrained
+
+    return finish(from_pretrained(folder, "classification", num_labels), f"local:{folder}")
+
+
+def local_bbc_batch(folder: str, n: int, max_length: int) -> dict[str, torch.Tensor]:
+    """The first ``n`` BBC News test articles, tokenised with the tokenizer in ``folder``."""
+    from transformers import AutoTokenizer
+
+    from peftkit.data.text import bbc_documents, load_bbc_split
+
+    docs = bbc_documents()
+    test = load_bbc_split(list(docs))["test"][:n]
+    tok = AutoTokenizer.from_pretrained(folder)
+    enc = tok([docs[i][0] for i in test], truncation=True, max_length=max_length, padding=True,
+              return_tensors="pt")
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
 def default_reconstruction_table(batch: dict[str, torch.Tensor], backbone: str = "minilm",
-                                 variants: tuple[str, ...] = VARIANTS) -> list[dict[str, Any]]:
+                                 variants: tuple[str, ...] = VARIANTS,
+                                 model_dir: str = "") -> list[dict[str, Any]]:
     """With MEFT's defaults (fp32 streams, ``anchor_every="auto"``, tolerance 1e-3), in train mode (dropout
     on), fp32 and under bf16 autocast: the anchors the calibration chose, the relative error of every
     reconstructed layer input in the reversible backward (sampled check; 0 at anchors), and what one anchor
@@ -136,7 +159,8 @@ def default_reconstruction_table(batch: dict[str, torch.Tensor], backbone: str =
     for mode in ("fp32", "bf16 autocast"):
         for variant in variants:
             torch.manual_seed(0)
-            model = pk.apply(pk.load_backbone(backbone, num_labels=5), pk.MEFT(variant=variant)).train()
+            base = local_model(model_dir) if model_dir else pk.load_backbone(backbone, num_labels=5)
+            model = pk.apply(base, pk.MEFT(variant=variant)).train()
             stack = find_stack(model)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode != "fp32"):
                 logits = model(**batch).logits
