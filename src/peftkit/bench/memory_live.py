@@ -22,8 +22,9 @@ from typing import Any
 
 import torch
 
-LIVE_METHODS = ("full FT", "LoRA r=8", "Pfeiffer adapter", "MEFT1", "MEFT2", "MEFT3")
-LIVE_DEPTH_ARM = ("MEFT1", "MEFT2", "MEFT3")  # also at every depth: is the peak flat in depth?
+LIVE_METHODS = ("full FT", "LoRA r=8", "Pfeiffer adapter", "MEFT1", "MEFT2", "MEFT3",
+                "MEFT1, backbone attention", "MEFT1, no anchors")
+LIVE_DEPTH_ARM = ("MEFT1", "MEFT2", "MEFT3", "MEFT1, no anchors")  # also at every depth: flat in depth?
 
 
 def live_points(arch: str, depths: list[int], target_depth: int) -> list[tuple[str, int, str]]:
@@ -100,4 +101,66 @@ def live_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ds = by_method[r["method"]]
         r["depth_growth"] = ds[max(ds)] / ds[min(ds)] if len(ds) > 1 else None
         out.append(r)
+    return out
+
+
+DECODER_METHODS: dict[str, list[dict[str, Any]]] = {
+    "LoRA r=8": [{"name": "lora", "rank": 8, "alpha": 16}],
+    "MEFT1": [{"name": "meft", "variant": "meft1"}],
+}
+
+
+def _decoder_row(backbone: str, length: int, label: str, steps: int) -> dict[str, Any]:
+    import peftkit as pk
+    from peftkit.bench.memory import default_loss_for, model_inputs
+    from peftkit.core.configs import method_configs
+    from peftkit.measure import step_peak
+
+    torch.manual_seed(0)
+    model = pk.apply(pk.load_backbone(backbone, num_labels=5), method_configs(DECODER_METHODS[label])).train()
+    ids = torch.randint(5, 40000, (1, length), generator=torch.Generator().manual_seed(0))  # [1, t]
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([3])}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    loss_fn, losses = default_loss_for(model), []
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = loss_fn(model(**model_inputs(batch)), batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+
+    step()
+    res = step_peak(step)
+    for _ in range(max(0, steps - 2)):
+        step()
+    stacks = [m for m in model.modules() if getattr(m, "anchors", None) is not None]
+    worst = max(stacks[0].last_reconstruction_error or [0.0]) if stacks else None
+    return {"backbone": backbone, "length": length, "method": label, "batch": 1, "mode": "bf16 autocast",
+            "peak_bytes": res.peak_bytes, "losses": losses,
+            "anchors": sorted(stacks[0].anchors) if stacks else None, "reconstruction_worst": worst,
+            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+
+
+def decoder_rows(rows_dir: str, lengths: tuple[int, ...] = (512, 1024), steps: int = 3,
+                 backbone: str = "smollm2") -> list[dict[str, Any]]:
+    """SmolLM2-135M classifier, batch 1, under bf16 autocast (fp32 weights), default settings: the live-byte
+    peak of one step after a warm-up step, and the loss of ``steps`` steps on one fixed batch (it must
+    fall). Rows already in ``rows_dir`` are reused."""
+    from peftkit.core.io import atomic_write_json
+
+    out = []
+    for length in lengths:
+        for label in DECODER_METHODS:
+            path = Path(rows_dir) / f"{row_key(backbone, 30, length, 1, label, 'cpu_bf16autocast')}.json"
+            if path.exists():
+                out.append(json.loads(path.read_text()))
+                continue
+            print(f"decoder: {backbone} T{length} {label}", flush=True)
+            row = _decoder_row(backbone, length, label, steps)
+            gc.collect()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, row)
+            out.append(row)
     return out

@@ -172,6 +172,7 @@ def test_reconstruction_check_and_drift_warning(tiny: Any) -> None:
     good = reconstruction_errors(list(stack.couplings), x, ctx)
     assert max(good) < 1e-10
     stack.anchors, stack.tolerance = frozenset(), 1e-30  # no anchors; any rounding at all exceeds it
+    stack.anchor_every = 0  # fixed (no recalibration)
     model.train()
     with pytest.warns(RuntimeWarning, match="reversible layer 0 was reconstructed with relative error"):
         tiny.forward(model, "tiny_bert").sum().backward()
@@ -182,6 +183,20 @@ def test_reconstruction_check_and_drift_warning(tiny: Any) -> None:
     stack.on_error = "raise"
     with pytest.raises(ReconstructionError, match="tolerance 1e-30"):
         tiny.forward(model, "tiny_bert").sum().backward()
+
+
+def test_auto_anchors_are_chosen_again_when_the_check_fails(tiny: Any) -> None:
+    model = pk.apply(pk.load_backbone("tiny_bert", num_labels=3).double(), pk.MEFT(adapter_init_std=0.1))
+    model.train()
+    stack = find_stack(model)
+    tiny.forward(model, "tiny_bert").sum().backward()
+    assert stack.anchors == frozenset()  # fp64: no anchor needed
+    stack.tolerance = 1e-30  # now every reconstructed input is "over tolerance"
+    with pytest.warns(RuntimeWarning, match="anchors are chosen again at the next step"):
+        tiny.forward(model, "tiny_bert").sum().backward()
+    assert stack.anchors is None
+    tiny.forward(model, "tiny_bert").sum().backward()  # recalibrated: every layer input kept exactly
+    assert stack.anchors == frozenset({0, 1})
 
 
 def test_auto_anchors_calibrated_once(tiny: Any) -> None:

@@ -70,7 +70,8 @@ class MEFT:
         check_every: every N-th reversible backward compares each reconstructed layer input with a sample of
             its true values saved in forward (4,096 elements per stream, negligible memory) and acts when the
             relative error exceeds ``tolerance`` (0 = off).
-        on_error: what the check does then: ``"warn"`` (once per stack, naming the layer and the error) or
+        on_error: what the check does then: ``"warn"`` (once per stack, naming the layer and the error;
+            with ``anchor_every="auto"`` the anchors are also chosen again at the next step) or
             ``"raise"`` (:class:`~peftkit.methods.meft.checks.ReconstructionError`, from ``loss.backward()``).
         bounded_attention: compute attention with dropout head group by head group inside F and G
             (:mod:`peftkit.methods.meft.attention`), so the recomputed layer never holds the math path's

@@ -164,10 +164,14 @@ class ReversibleStack(nn.Module):
             return
         msg = (f"MEFT reconstruction: the input of reversible layer {worst} was reconstructed with relative "
                f"error {per_layer[worst]:.3g} > tolerance {self.tolerance:g}, so the gradients of the layers "
-               f"below are inaccurate; use anchor_every='auto' (or a smaller k), stream_dtype='float64', or "
-               f"fewer num_rev_layers")
+               f"below are inaccurate")
+        fix = "; use anchor_every='auto' (or a smaller k), stream_dtype='float64', or fewer num_rev_layers"
         if self.on_error == "raise":
-            raise ReconstructionError(msg)
+            raise ReconstructionError(msg + fix)
+        if self.anchor_every == "auto":  # the weights moved since the calibration: choose anchors again
+            self.anchors = None
+            fix = "; the anchors are chosen again at the next step (calibrated on that batch)"
+        msg += fix
         if not self._warned:
             self._warned = True
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
