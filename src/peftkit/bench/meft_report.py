@@ -154,7 +154,7 @@ def write_accuracy(cfg: Any, rows: list[dict[str, Any]], runs: list[dict[str, An
             Column("lr", "selected lr", lambda v: f"{v:g}"), Column("seeds", "seeds"),
             Column("acc", "test accuracy %"), Column("f1", "test macro-F1 %"),
             Column("trainable_params", "trainable", fmt_int), Column("trainable_pct", "trainable %", fmt_pct)]
-    notes = [device_note("cpu"),
+    notes = [f"device: CPU ({platform.processor() or platform.machine()}), no GPU",
              f"BBC News, MiniLM (all-MiniLM-L6-v2): {cfg.max_train_examples} stratified training articles, "
              f"max_length {cfg.max_length}, {cfg.epochs} epochs, batch {cfg.batch_size}, linear schedule, 6% "
              f"warm-up, {cfg.threads} thread(s)",
