@@ -24,15 +24,6 @@ from peftkit.methods.meft.stack import ReversibleStack
 VARIANTS = ("meft1", "meft2", "meft3")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """Tiny models on a shared 2-core machine: one intra-op thread beats an oversubscribed pool."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class _Lin(nn.Module):
     """F or G for the formula test: ``x -> tanh(W x)``, ignoring the context."""
 

@@ -16,15 +16,6 @@ from peftkit.methods.meft.apply import find_stack
 VARIANTS = ("meft1", "meft2", "meft3")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """Tiny models on a shared 2-core machine: one intra-op thread beats an oversubscribed pool."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _grads(model: nn.Module, inputs: Any, rev: bool,
            seed: int = 0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     find_stack(model).use_reversible_backward = rev

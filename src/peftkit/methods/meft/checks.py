@@ -43,18 +43,16 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def reconstruction_errors(couplings: Sequence[Coupling], hidden: torch.Tensor,
-                          ctx: dict[str, Any]) -> list[float]:
-    """Relative error of each coupling's reconstructed input; index 0 = the lowest layer (inverted last).
-
-    Args:
-        couplings: the reversible layers, bottom first.
-        hidden: the stack input [b, t, d] (both streams start from it).
-        ctx: the per-forward block arguments (as :meth:`ReversibleStack.context` builds them).
-    """
+def _invert(couplings: Sequence[Coupling], hidden: torch.Tensor, ctx: dict[str, Any],
+            threshold: float | None) -> tuple[list[int], list[float]]:
+    """Forward keeping every layer input, then invert from the top with the same dropout masks; with a
+    ``threshold``, keep the true input (an anchor) wherever the reconstructed one is further than that.
+    Returns (anchors ascending, per-layer relative errors bottom first, before any anchor decision)."""
     probes: list[nn.Module] = [p for c in couplings for p in recomputable_terms(c)]
     saved_terms = [p.last_term for p in probes]
     dev = hidden.device
+    anchors: list[int] = []
+    errs = [0.0] * len(couplings)
     try:
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -65,14 +63,49 @@ def reconstruction_errors(couplings: Sequence[Coupling], hidden: torch.Tensor,
                 rec: list[RngState] = []
                 x1, x2 = c(x1, x2, ctx, rec)
                 records.append(rec)
-            errs: list[float] = []
-            for c, rec, (t1, t2) in reversed(list(zip(couplings, records, inputs))):
-                x1, x2 = c.inverse(x1, x2, ctx, rec)
-                errs.append(max(_rel(x1, t1), _rel(x2, t2)))
+            for i in reversed(range(len(couplings))):
+                x1, x2 = couplings[i].inverse(x1, x2, ctx, records[i])
+                t1, t2 = inputs.pop()
+                err = max(_rel(x1, t1), _rel(x2, t2))
+                errs[i] = err if err == err else float("inf")  # NaN: overflowed
+                if threshold is not None and not errs[i] <= threshold:
+                    anchors.append(i)
+                    x1, x2 = t1, t2
     finally:
         for p, t in zip(probes, saved_terms):
             p.last_term = t
-    return errs[::-1]
+    return sorted(anchors), errs
+
+
+def reconstruction_errors(couplings: Sequence[Coupling], hidden: torch.Tensor,
+                          ctx: dict[str, Any]) -> list[float]:
+    """Relative error of each coupling's reconstructed input without anchors; index 0 = the lowest layer
+    (inverted last; inf where the inversion overflowed).
+
+    Args:
+        couplings: the reversible layers, bottom first.
+        hidden: the stack input [b, t, d] (both streams start from it).
+        ctx: the per-forward block arguments (as :meth:`ReversibleStack.context` builds them).
+    """
+    return _invert(couplings, hidden, ctx, None)[1]
+
+
+def calibrate_anchors(couplings: Sequence[Coupling], hidden: torch.Tensor, ctx: dict[str, Any],
+                      threshold: float) -> tuple[list[int], list[float]]:
+    """The fewest anchors that keep every reconstructed layer input within ``threshold`` on this batch.
+
+    Args:
+        couplings: the reversible layers, bottom first.
+        hidden: the stack input [b, t, d] in the stream dtype.
+        ctx: the per-forward block arguments.
+        threshold: the largest relative error of a reconstructed layer input that is accepted.
+
+    Returns:
+        (anchors, errors): the layer indices whose inputs are kept (ascending), and per layer (bottom first)
+        the relative error its reconstructed input had before that decision (the measured amplification:
+        ``errors[i] / errors[i + 1]`` between anchors).
+    """
+    return _invert(couplings, hidden, ctx, threshold)
 
 
 def stack_reconstruction_errors(model: nn.Module, *args: Any, **kwargs: Any) -> list[float]:
@@ -103,47 +136,3 @@ def stack_reconstruction_errors(model: nn.Module, *args: Any, **kwargs: Any) -> 
         object.__delattr__(stack, "run")
     return reconstruction_errors(list(stack.couplings), seen["hidden"], seen["ctx"])
 
-
-@torch.no_grad()
-def calibrate_anchors(couplings: Sequence[Coupling], hidden: torch.Tensor, ctx: dict[str, Any],
-                      threshold: float) -> tuple[list[int], list[float]]:
-    """The fewest anchors that keep every reconstructed layer input within ``threshold`` on this batch.
-
-    Args:
-        couplings: the reversible layers, bottom first.
-        hidden: the stack input [b, t, d] in the stream dtype.
-        ctx: the per-forward block arguments.
-        threshold: the largest relative error of a reconstructed layer input that is accepted.
-
-    Returns:
-        (anchors, errors): the layer indices whose inputs are kept (ascending), and per layer (bottom first)
-        the relative error its reconstructed input had before that decision (the measured amplification:
-        ``errors[i] / errors[i + 1]`` between anchors).
-    """
-    probes: list[nn.Module] = [p for c in couplings for p in recomputable_terms(c)]
-    saved_terms = [p.last_term for p in probes]
-    dev = hidden.device
-    try:
-        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
-            records: list[list[RngState]] = []
-            x1, x2 = hidden, hidden
-            for c in couplings:
-                inputs.append((x1, x2))
-                rec: list[RngState] = []
-                x1, x2 = c(x1, x2, ctx, rec)
-                records.append(rec)
-            anchors: list[int] = []
-            errs = [0.0] * len(couplings)
-            for i in reversed(range(len(couplings))):
-                x1, x2 = couplings[i].inverse(x1, x2, ctx, records[i])
-                t1, t2 = inputs.pop()
-                err = max(_rel(x1, t1), _rel(x2, t2))
-                errs[i] = err if err == err else float("inf")  # NaN: overflowed, needs an anchor
-                if not errs[i] <= threshold:
-                    anchors.append(i)
-                    x1, x2 = t1, t2
-    finally:
-        for p, t in zip(probes, saved_terms):
-            p.last_term = t
-    return sorted(anchors), errs
