@@ -8,45 +8,31 @@ MEFT 0.19-0.21 of full FT, and 0.30 (MEFT1) when attention dropout takes the mat
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
 import pytest
-import torch
 
-import peftkit as pk
-from peftkit.bench.memory import default_loss_for, model_inputs
-from peftkit.bench.random_bert import build_bench_bert
-from peftkit.measure import step_peak
+from peftkit.bench import memory_sweep
+from peftkit.bench.memory_live import measure_live
 
 VARIANTS = ("meft1", "meft2", "meft3")
 T = 512  # two head groups of DropoutAttention at d 128, b 2
+CFG = memory_sweep.parse(["batch_size=2", "device=cpu"])
 
 
-def _peak(methods: list[Any], layers: int) -> int:
-    ids = torch.randint(5, 30000, (2, T), generator=torch.Generator().manual_seed(0))
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1])}
-    torch.manual_seed(0)
-    model = pk.apply(build_bench_bert(num_labels=3, arch="d128", layers=layers), methods).train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    loss_fn = default_loss_for(model)
-
-    def step() -> None:
-        loss_fn(model(**model_inputs(batch)), batch).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    step()  # optimiser state, anchor calibration
-    return step_peak(step).peak_bytes
+def _peak(label: str, layers: int) -> int:
+    """Live-byte peak of one training step (after a warm-up step) of ``bench memory``'s ``label``."""
+    return measure_live(CFG, "d128", layers, T, label, "cpu")["peak_bytes"]
 
 
 @pytest.fixture(scope="module")
 def full_peak() -> int:
-    return _peak([pk.FullFineTune()], 4)
+    return _peak("full FT", 4)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_meft_step_peak_small_and_flat_in_depth(variant: str, full_peak: int) -> None:
-    deep, shallow = _peak([pk.MEFT(variant=variant)], 4), _peak([pk.MEFT(variant=variant)], 2)
+    label = variant.upper()
+    deep, shallow = _peak(label, 4), _peak(label, 2)
     print(f"{variant}: peak {deep / full_peak:.3f} of full FT; 4 / 2 layers {deep / shallow:.3f}")
     assert deep <= 0.25 * full_peak   # measured 0.19-0.21 (0.3 with attention dropout on the math path)
     assert deep <= 1.08 * shallow     # measured 1.02-1.04 (anchors: two streams each)
@@ -55,6 +41,6 @@ def test_meft_step_peak_small_and_flat_in_depth(variant: str, full_peak: int) ->
 def test_vanilla_backward_peak_grows_with_depth() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        deep = _peak([pk.MEFT(num_rev_layers=0)], 4)
-        shallow = _peak([pk.MEFT(num_rev_layers=0)], 2)
+        deep = _peak("MEFT1 vanilla", 4)
+        shallow = _peak("MEFT1 vanilla", 2)
     assert deep > 1.4 * shallow       # measured 1.56: every layer's graph is kept
