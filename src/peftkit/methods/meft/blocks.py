@@ -168,7 +168,8 @@ class SubNet(nn.Module):
         """``[b, t, d] -> [b, t, d]``, computed in the model's dtype and returned in the stream's dtype."""
         dtype = self.adapter.down.weight.dtype
         # attention dropout without the math path's [b, h, t, t] graph (see meft/attention.py)
-        with bounded_attention() if self.bounded_attention and self.kind != "adapter" else nullcontext():
+        bounded = self.bounded_attention and self.kind != "adapter" and self.ops.block.training  # dropout on
+        with bounded_attention() if bounded else nullcontext():
             return self._compute(x.to(dtype), ctx).to(x.dtype)
 
     def _compute(self, x: torch.Tensor, ctx: dict[str, Any]) -> torch.Tensor:
