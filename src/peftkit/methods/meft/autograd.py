@@ -42,7 +42,9 @@ def recomputable_terms(coupling: Coupling) -> list[nn.Module]:
     for sub in (coupling.f, coupling.g):
         ops = getattr(sub, "ops", None)
         if ops is not None:
-            out.extend(m for m in ops.block.modules() if isinstance(m, RecomputableTerm) and m not in out)
+            # hasattr first: a runtime Protocol isinstance is slow, and this runs every step on every module
+            out.extend(m for m in ops.block.modules()
+                       if hasattr(m, "last_term") and isinstance(m, RecomputableTerm) and m not in out)
     return out
 
 
