@@ -156,7 +156,7 @@ def test_reconstruction_check_and_drift_warning(tiny: Any) -> None:
     model = pk.load_backbone("tiny_bert", num_labels=3).double()
     model = pk.apply(model, pk.MEFT(variant="meft1", adapter_init_std=0.1))
     errs = stack_reconstruction_errors(model, **tiny.batch("tiny_bert"))
-    assert len(errs) == 2 and max(errs) < 1e-10 and min(errs) >= 0
+    assert len(errs) == 2 and max(errs) < 1e-10
     stack = find_stack(model)
     x = torch.randn(2, 8, 32, dtype=torch.float64)
     ctx = stack.context((), {"attention_mask": None}, recompute=True)
