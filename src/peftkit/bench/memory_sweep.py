@@ -47,11 +47,14 @@ METHODS: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {
     **{f"MEFT{v} vanilla": ([{**_MEFT, "variant": f"meft{v}", "num_rev_layers": 0}], {}) for v in (1, 2, 3)},
     **{f"MEFT{v}": ([{**_MEFT, "variant": f"meft{v}"}], {}) for v in (1, 2, 3)},
     "MEFT1 + DEFT": ([{**_MEFT, "variant": "meft1"}, {"name": "deft"}], {}),
+    "MEFT1, no anchors": ([{**_MEFT, "variant": "meft1", "anchor_every": 0}], {}),
     "MEFT1, backbone attention": ([{**_MEFT, "variant": "meft1", "bounded_attention": False}], {}),
     "MEFT1, backbone attention vanilla": ([{**_MEFT, "variant": "meft1", "bounded_attention": False,
                                             "num_rev_layers": 0}], {}),
 }
 TIMED = ("MEFT1", "MEFT2", "MEFT3", "MEFT1, backbone attention")  # reversible vs " vanilla" (+ full FT)
+# the saved-bytes / RSS grid: the attention option saves the same bytes as MEFT1 (it only acts in backward)
+GRID_METHODS = tuple(m for m in METHODS if "backbone attention" not in m)
 
 
 @dataclass
@@ -130,7 +133,7 @@ def points(cfg: SweepConfig) -> list[tuple[str, int, int, str, bool]]:
     tarch, tdepth, tlen = _point(cfg.target)
     out = []
     for arch in cfg.archs.split(","):
-        for label in METHODS:
+        for label in GRID_METHODS:
             cells = {(mid, t) for t in lengths}
             if label in DEPTH_ARM:
                 cells |= {(d, lengths[0]) for d in depths}

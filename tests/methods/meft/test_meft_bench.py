@@ -19,12 +19,12 @@ def test_sweep_points_cover_the_cross_and_the_target() -> None:
     cells = {(a, d, t, m) for a, d, t, m, _ in pts}
     assert len(cells) == len(pts)                                  # nothing measured twice
     for arch in ("bert_base", "minilm"):
-        for label in mem.METHODS:                                  # every method at 12 layers, both lengths
+        for label in mem.GRID_METHODS:                             # every method at 12 layers, both lengths
             assert {(arch, 12, 128, label), (arch, 12, 512, label)} <= cells
         for d in (6, 24):                                          # the depth arm at the shortest length
             assert all((arch, d, 128, m) in cells for m in mem.DEPTH_ARM)
     peaks = {(a, d, t, m) for a, d, t, m, p in pts if p}
-    assert {("bert_base", 12, 512, m) for m in mem.METHODS} <= peaks
+    assert {("bert_base", 12, 512, m) for m in mem.GRID_METHODS} <= peaks
     assert {("bert_base", d, 512, m) for d in (6, 24) for m in mem.PEAK_DEPTH_ARM} <= peaks
     assert all(a == "bert_base" and t == 512 for a, _, t, _ in peaks)
     assert not any(p for *_, p in mem.points(mem.parse(["peak=false"])))
