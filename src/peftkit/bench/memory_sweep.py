@@ -19,8 +19,9 @@ tokens (docs/design.md, Measuring):
   architecture with vanilla backward (``num_rev_layers=0``), interleaved in one process (``bench.speed``).
 
 Methods: full FT, full FT + gradient checkpointing (HF, non-reentrant), LoRA r=8 (q, v), Pfeiffer adapter,
-MEFT1/2/3 with num_rev_layers = 0 and = all, and MEFT1 + DEFT. Writes OUT/memory.{json,md,png},
-OUT/memory_peak.{json,md,png} and OUT/memory_time.{json,md,png}.
+MEFT1/2/3 with num_rev_layers = 0 and = all, MEFT1 + DEFT, MEFT1 without anchors, and MEFT1 with the
+backbone's own attention (``bounded_attention=False``). Writes OUT/memory.{json,md,png},
+OUT/memory_peak.{json,md,png}, OUT/memory_live.{json,md,png} and OUT/memory_time.{json,md,png}.
 
 Shape legend: b batch, t tokens.
 """
