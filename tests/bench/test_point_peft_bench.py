@@ -107,3 +107,12 @@ def test_cost_profile_parts_add_up() -> None:
     assert all(prof[p] > 0 for p in parts)
     assert sum(prof[p] for p in parts) < prof["forward (total)"] < prof["step (total)"]
     assert prof["backward + optimiser step"] > 0
+
+
+def test_difference_against_a_deterministic_row() -> None:
+    recs = [{"row": "a", "seed": s, "test": v} for s, v in enumerate([0.5, 0.6, 0.7])]
+    recs.append({"row": "probe", "seed": 0, "test": 0.55})
+    d = rep.paired(recs, "a", "probe", b_constant=True)
+    assert d["seeds"] == [0, 1, 2] and d["mean"] == pytest.approx(0.05)
+    assert d["ci"] == pytest.approx([0.05 - 4.303 * 0.1 / 3**0.5, 0.05 + 4.303 * 0.1 / 3**0.5], abs=1e-4)
+    assert rep.paired(recs, "a", "probe")["seeds"] == [0]              # without it: seed 0 only

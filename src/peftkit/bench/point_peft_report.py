@@ -57,10 +57,19 @@ def aggregate(records: list[dict[str, Any]], order: list[str]) -> list[dict[str,
     return out
 
 
-def paired(records: list[dict[str, Any]], a: str, b: str, key: str = "test") -> dict[str, Any] | None:
-    """Paired difference ``a - b`` over the seeds both rows have (mean, sd, 95% t-interval)."""
+def paired(
+    records: list[dict[str, Any]], a: str, b: str, key: str = "test", b_constant: bool = False
+) -> dict[str, Any] | None:
+    """Paired difference ``a - b`` over the seeds both rows have (mean, sd, 95% t-interval).
+
+    ``b_constant``: ``b`` is deterministic (one record, e.g. the L-BFGS probe); its value is used for every
+    seed of ``a``, so the interval is that of ``a``'s mean.
+    """
     va = {r["seed"]: r[key] for r in records if r["row"] == a and r[key] is not None}
     vb = {r["seed"]: r[key] for r in records if r["row"] == b and r[key] is not None}
+    if b_constant and len(vb) == 1:
+        only = next(iter(vb.values()))
+        vb = {s: only for s in va}
     seeds = sorted(set(va) & set(vb))
     if not seeds:
         return None
@@ -104,8 +113,8 @@ def markdown(rows: list[dict[str, Any]], diffs: dict[str, Any], notes: list[str]
         )
         lines.append(f"- {name}: {100 * d['mean']:+.1f} points ({ci}; seeds {d['seeds']}, "
                      f"per seed {', '.join(f'{100 * x:+.1f}' for x in d['diffs'])})")
-    owners = [f"{r['label']}: " + ", ".join(f"{k} {v:,}" for k, v in r["owners"].items())
-              for r in rows if r["owners"]]
+    owners = [f"{r['label']}: " + ", ".join(f"{k} {v:,}" for k, v in r["owners"].items() if v)
+              for r in rows if r["owners"] and "val only" not in r["label"]]
     lines += ["", "Trainable parameters per owner (head apart): " + "; ".join(owners), ""]
     lines += [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
@@ -151,7 +160,8 @@ def report(out: Path, bench: dict[str, Any], overrides: list[str]) -> dict[str, 
     diffs = {
         "Point-PEFT - full FT, test": paired(records, "point_peft", "full"),
         "Point-PEFT - full FT, val": paired(records, "point_peft", "full", "val_last"),
-        "full FT - linear probe, test": paired(records, "full", "linear_probe"),
+        "full FT - linear probe, test": paired(records, "full", "linear_probe", b_constant=True),
+        "full FT - linear probe, val": paired(records, "full", "linear_probe", "val_last", b_constant=True),
     }
     notes = [
         f"KiCad-12, point_mae_small (CPU-pretrained), 512 points, 32 patches x 16, {bench['epochs']} "
