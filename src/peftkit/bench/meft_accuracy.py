@@ -52,6 +52,7 @@ class AccuracyConfig:
 
     part: str = "train"                       # train | report | init | numerics
     out_dir: str = "runs/bench_meft_accuracy"
+    data: str = "bbc_news"                    # bbc_news | drug_reviews (set rows_dir to match)
     rows_dir: str = "docs/results/meft_rows/bbc_minilm"  # one JSON per run (kept in the repository)
     rows: str = "all"                         # ";"-separated labels of GRIDS
     seeds: str = "0,1,2"                      # final runs
@@ -84,7 +85,7 @@ def run_config(cfg: AccuracyConfig, label: str, lr: float, seed: int, eval_split
     return config_from_dict_tree({
         "out_dir": f"{cfg.out_dir}/{run_key(eval_split, label, lr, seed)}", "seed": seed,
         "backbone": {"name": "minilm", "task": "classification"},
-        "data": {"name": "bbc_news", "max_length": cfg.max_length,
+        "data": {"name": cfg.data, "max_length": cfg.max_length,
                  "max_train_examples": cfg.max_train_examples},
         "methods": [dict(m) for m in methods],
         "train": {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": lr, "schedule": "linear",
@@ -93,8 +94,9 @@ def run_config(cfg: AccuracyConfig, label: str, lr: float, seed: int, eval_split
 
 
 def scale(cfg: AccuracyConfig) -> dict[str, Any]:
-    return {"max_train_examples": cfg.max_train_examples, "max_length": cfg.max_length, "epochs": cfg.epochs,
-            "batch_size": cfg.batch_size, "threads": cfg.threads}
+    out = {"max_train_examples": cfg.max_train_examples, "max_length": cfg.max_length, "epochs": cfg.epochs,
+           "batch_size": cfg.batch_size, "threads": cfg.threads}
+    return out if cfg.data == "bbc_news" else {**out, "data": cfg.data}
 
 
 def _run(cfg: AccuracyConfig, phase: str, label: str, lr: float, seed: int) -> dict[str, Any]:

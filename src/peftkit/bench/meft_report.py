@@ -155,17 +155,17 @@ def write_accuracy(cfg: Any, rows: list[dict[str, Any]], runs: list[dict[str, An
             Column("acc", "test accuracy %"), Column("f1", "test macro-F1 %"),
             Column("trainable_params", "trainable", fmt_int), Column("trainable_pct", "trainable %", fmt_pct)]
     notes = [f"device: CPU ({platform.processor() or platform.machine()}), no GPU",
-             f"BBC News, MiniLM (all-MiniLM-L6-v2): {cfg.max_train_examples} stratified training articles, "
+             f"{cfg.data}, MiniLM (all-MiniLM-L6-v2): {cfg.max_train_examples} stratified training examples, "
              f"max_length {cfg.max_length}, {cfg.epochs} epochs, batch {cfg.batch_size}, linear schedule, 6% "
              f"warm-up, {cfg.threads} thread(s)",
-             f"learning rate selected on the 223 validation articles (seed {cfg.sweep_seed}); test (444 "
-             f"articles) read once per final run; final seeds {cfg.seeds}",
+             f"learning rate selected on the validation split (seed {cfg.sweep_seed}); the test split read "
+             f"once per final run; final seeds {cfg.seeds}",
              f"command: `{command}`", f"wall time {seconds:.0f} s (runs already stored are not rerun)"]
     fig = bar_panels([r for r in rows if "eval/accuracy" in r], "label",
-                     [Panel("eval/accuracy", "test accuracy", fmt_frac_pct)], title="MiniLM + BBC News")
+                     [Panel("eval/accuracy", "test accuracy", fmt_frac_pct)], title=f"MiniLM + {cfg.data}")
     return [write_report(cfg.out_dir, "meft_accuracy", rows=rows, columns=cols, notes=notes, figure=fig,
                          meta={"config": vars(cfg), "runs": runs},
-                         title="MEFT vs full FT / LoRA / Pfeiffer adapter, BBC News (CPU, reduced scale)",
+                         title=f"MEFT vs full FT / LoRA / Pfeiffer adapter, {cfg.data} (CPU, reduced scale)",
                          )["md"]]
 
 
