@@ -114,7 +114,7 @@ def markdown(rows: list[dict[str, Any]], diffs: dict[str, Any], notes: list[str]
         lines.append(f"- {name}: {100 * d['mean']:+.1f} points ({ci}; seeds {d['seeds']}, "
                      f"per seed {', '.join(f'{100 * x:+.1f}' for x in d['diffs'])})")
     owners = [f"{r['label']}: " + ", ".join(f"{k} {v:,}" for k, v in r["owners"].items() if v)
-              for r in rows if r["owners"] and "val only" not in r["label"]]
+              for r in rows if any(r["owners"].values()) and "val only" not in r["label"]]
     lines += ["", "Trainable parameters per owner (head apart): " + "; ".join(owners), ""]
     lines += [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
