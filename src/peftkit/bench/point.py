@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from peftkit.bench._args import parse_overrides
+from peftkit.bench.point_probe import features
 from peftkit.bench.report import (
     Column,
     Panel,
@@ -106,18 +107,6 @@ def run_row(cfg: PointBenchConfig, slug: str) -> dict[str, Any]:
         "peak_bytes": m.get("peak_memory_bytes"),
         "command": " ".join(args[2:]),
     }
-
-
-@torch.no_grad()
-def features(
-    model: torch.nn.Module, ds: Any, collate: Any, batch: int = 64
-) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, ys = [], []
-    for i in range(0, len(ds), batch):
-        b = collate([ds[j] for j in range(i, min(len(ds), i + batch))])
-        xs.append(model.pooled(model.forward_features(b["points"])))
-        ys.append(b["labels"])
-    return torch.cat(xs), torch.cat(ys)
 
 
 def logistic_probe(
