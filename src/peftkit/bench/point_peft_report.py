@@ -160,6 +160,11 @@ def report(out: Path, bench: dict[str, Any], overrides: list[str]) -> dict[str, 
     diffs = {
         "Point-PEFT - full FT, test": paired(records, "point_peft", "full"),
         "Point-PEFT - full FT, val": paired(records, "point_peft", "full", "val_last"),
+        "Point-PEFT cached query - Point-PEFT, test": paired(records, "point_peft_cached", "point_peft"),
+        "Point-PEFT cached query - Point-PEFT, val": paired(
+            records, "point_peft_cached", "point_peft", "val_last"
+        ),
+        "Point-PEFT cached query - full FT, test": paired(records, "point_peft_cached", "full"),
         "full FT - linear probe, test": paired(records, "full", "linear_probe", b_constant=True),
         "full FT - linear probe, val": paired(records, "full", "linear_probe", "val_last", b_constant=True),
     }
