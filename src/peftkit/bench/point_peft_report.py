@@ -137,12 +137,14 @@ def figure(rows: list[dict[str, Any]], title: str) -> Any:
     ax.invert_yaxis()
     ax.set_xlabel("accuracy after the last epoch (%, mean ± sd over seeds)")
     ax.legend(fontsize=8)
-    for i, r in enumerate(rows):
+    plotted = 0
+    for r in rows:
         curves = [c for c in r["curves"] if c]
-        if curves and r["row"] in ("full", "point_peft", "head_only", "full_rot", "lora"):
+        if curves and r["row"] in ("full", "point_peft", "point_peft_cached", "head_only", "full_rot", "lora"):
             n = min(len(c) for c in curves)
             mean = [100 * statistics.fmean(c[e] for c in curves) for e in range(n)]
-            ax2.plot(range(1, n + 1), mean, label=r["label"], color=f"C{i % 10}")
+            ax2.plot(range(1, n + 1), mean, label=r["label"], color=f"C{plotted % 10}")
+            plotted += 1
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("val accuracy (%, mean over seeds)")
     ax2.legend(fontsize=7)
