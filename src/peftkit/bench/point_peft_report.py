@@ -140,7 +140,8 @@ def figure(rows: list[dict[str, Any]], title: str) -> Any:
     plotted = 0
     for r in rows:
         curves = [c for c in r["curves"] if c]
-        if curves and r["row"] in ("full", "point_peft", "point_peft_cached", "head_only", "full_rot", "lora"):
+        shown = ("full", "point_peft", "point_peft_cached", "head_only", "full_rot", "lora")
+        if curves and r["row"] in shown:
             n = min(len(c) for c in curves)
             mean = [100 * statistics.fmean(c[e] for c in curves) for e in range(n)]
             ax2.plot(range(1, n + 1), mean, label=r["label"], color=f"C{plotted % 10}")
