@@ -21,7 +21,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -34,10 +33,8 @@ import torch
 from peftkit.bench.memory import (
     StepSpec,
     default_loss_for,
-    hwm_bytes,
     model_inputs,
     release,
-    reset_hwm,
     rss_bytes,
     saved_activation_bytes,
     synthetic_batch,
@@ -45,26 +42,7 @@ from peftkit.bench.memory import (
 from peftkit.core.configs import method_configs
 from peftkit.core.errors import ConfigError, PeftkitError
 from peftkit.core.io import atomic_write_text
-
-
-class _RssSampler:
-    """Fallback peak where VmHWM cannot be reset: the largest VmRSS seen by a thread polling every ~1 ms."""
-
-    def __init__(self) -> None:
-        self.peak = rss_bytes()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_bytes())
-            time.sleep(0.001)
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        return max(self.peak, rss_bytes())
+from peftkit.measure import step_peak
 
 
 def measure_step(spec: StepSpec) -> dict[str, Any]:
@@ -94,23 +72,28 @@ def measure_step(spec: StepSpec) -> dict[str, Any]:
         baseline = torch.cuda.memory_allocated()
     else:
         baseline = rss_bytes()
-    hwm_ok = cuda or reset_hwm()
-    sampler = None if hwm_ok else _RssSampler()
-    times = []
-    for _ in range(spec.steps):
+    times: list[float] = []
+
+    def one_step() -> None:
         t0 = time.perf_counter()
         loss_fn(model(**model_inputs(batch)), batch).backward()
         opt.step()
-        opt.zero_grad(set_to_none=False)  # keep the gradient buffers: a training step holds them
+        opt.zero_grad(set_to_none=True)  # gradients are created (and counted) inside the step
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
+
+    for _ in range(max(0, spec.steps - 1)):
+        one_step()  # warm-up: the optimiser state exists before the measured step
     if cuda:
+        one_step()
         peak, retained = torch.cuda.max_memory_allocated(), torch.cuda.memory_allocated()
     else:
-        peak = sampler.stop() if sampler else (hwm_bytes() or rss_bytes())
-        release()
-        retained = rss_bytes()
+        # CPU: live tensor bytes of the last step from the profiler's memory events (not RSS, which keeps
+        # the allocator's history): activations, gradients and temporaries allocated inside the step
+        measured = step_peak(one_step, "cpu")
+        peak, retained = baseline + measured.peak_bytes, baseline + measured.end_bytes
+    hwm_ok = True
     out: dict[str, Any] = {
         "device": spec.device,
         "baseline_bytes": baseline,

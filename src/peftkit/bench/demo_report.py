@@ -74,8 +74,8 @@ def write(cfg: Any, rows: list[dict[str, Any]], skipped: Sequence[str], timing: 
         f"step time: median of {cfg.speed_rounds} round-robin rounds after {cfg.speed_warmup} warm-up, one "
         f"synthetic batch {cfg.batch_size} x {cfg.max_length}, all rows in one process; compare the ratios",
         f"memory ({mode[cfg.memory]}): bytes saved for backward (storages, parameters excluded) and peak "
-        f"RSS of {cfg.memory_steps} AdamW steps over the loaded baseline, batch {cfg.batch_size} x "
-        f"{cfg.max_length}",
+        f"live tensor bytes of the last of {cfg.memory_steps} AdamW steps (profiler memory events), "
+        f"batch {cfg.batch_size} x {cfg.max_length}",
         f"device: CPU ({platform.machine()}, {torch.get_num_threads()} torch threads); no GPU was used",
         f"wall time: {timing['total_s']:.0f} s in all ({timing['train_s']:.0f} s training + evaluation)",
         f"command: {command.strip()}",

@@ -3,11 +3,10 @@
 MEFT (Liao et al., arXiv 2306.00477) claims "up to 84% less activation memory than full fine-tuning".
 ``saved_activation_bytes`` / ``saved_activations`` (re-exported from :mod:`peftkit.measure.saved`) count what
 autograd keeps between forward and backward; ``peak_step_memory`` runs K optimiser steps of a JSON-able
-``StepSpec`` in a fresh process (``bench/_subproc.py``). CPU: baseline = resident set (``VmRSS``) once the
-model, optimiser and batch exist; the kernel's high-water mark ``VmHWM`` is reset there
-(``/proc/self/clear_refs`` = 5) and read after the K steps; we report ``peak - baseline`` (allocator effects
-included: glibc keeps freed heap resident). CUDA: ``max_memory_allocated``. For the live tensor bytes of one
-step (no allocator effects) use :func:`peftkit.measure.peak.step_peak`.
+``StepSpec`` in a fresh process (``bench/_subproc.py``): K-1 warm-up steps (the optimiser state exists), then
+the last step's peak. CPU: live tensor bytes allocated inside that step and not yet freed, from the
+profiler's memory events (:func:`peftkit.measure.peak.step_peak`; not RSS, which keeps the allocator's
+history); CUDA: ``max_memory_allocated`` over the allocation at the start.
 
 Shape legend: b batch, t tokens.
 """

@@ -8,9 +8,9 @@ tokens (docs/design.md, Measuring):
 
 * ``saved``: bytes saved for backward by one forward + loss (``bench.memory.saved_activations``) on a cross
   through the grid (``points``): every method at 12 layers and both lengths, some also at every depth;
-* ``peak``: the whole-step peak over the loaded baseline (CPU: RSS high-water mark, CUDA:
-  ``max_memory_allocated``), at the target point (BERT-base, 12 layers, 512 tokens) for every method and at
-  6 / 24 layers for MEFT1 with and without the reversible backward. Every point runs in a fresh process
+* ``peak``: the whole-step peak (CPU: live tensor bytes of the last step from the profiler's memory events,
+  CUDA: ``max_memory_allocated``), at the target point (BERT-base, 12 layers, 512 tokens) for every method
+  and at 6 / 24 layers for MEFT1 with and without the reversible backward. Every point runs in a fresh process
   (``bench._subproc``);
 * ``live``: the whole-step peak of live tensor bytes (profiler memory events; CUDA allocator statistics) of
   one training step after a warm-up step, BERT-base shape, 12 layers, 512 tokens, batch 2, dropout on, for
