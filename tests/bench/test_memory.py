@@ -137,3 +137,17 @@ def test_one_argument_loss_fn_is_accepted():
     x = torch.randn(3, 4)
     two = saved_activation_bytes(MLP(), {"x": x}, square_sum)
     assert saved_activation_bytes(MLP(), {"x": x}, lambda out: (out**2).sum()) == two
+
+
+def test_saved_bytes_on_t5_keep_the_decoder_inputs() -> None:
+    """seq2seq: the synthetic batch carries decoder inputs, so encoder and decoder both save activations."""
+    from peftkit.bench.memory import StepSpec, default_loss_for, saved_activation_bytes, synthetic_batch
+
+    model = pk.apply(pk.load_backbone("tiny_t5", task="seq2seq"), [pk.LoRA()])
+    spec = StepSpec(backbone="tiny_t5", task="seq2seq", methods=[{"name": "lora"}], batch_size=2, seq_len=8)
+    batch = synthetic_batch(spec, model.get_input_embeddings().num_embeddings)
+    assert batch["decoder_input_ids"].shape == batch["labels"].shape == (2, 8)
+    assert torch.equal(batch["decoder_input_ids"][:, 1:], batch["labels"][:, :-1])
+    full = saved_activation_bytes(model, batch, default_loss_for(model))
+    short = dict(batch, decoder_input_ids=batch["decoder_input_ids"][:, :2], labels=batch["labels"][:, :2])
+    assert full > saved_activation_bytes(model, short, default_loss_for(model)) > 0  # the decoder counts

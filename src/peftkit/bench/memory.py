@@ -61,11 +61,21 @@ class StepSpec:
 
 
 def synthetic_batch(spec: StepSpec, vocab_size: int) -> dict[str, torch.Tensor]:
-    """The fixed batch of a StepSpec: ids (b, t) in [5, vocab), mask of ones, labels (b,) or ids for an LM."""
+    """The fixed batch of a StepSpec: ids (b, t) in [5, vocab), mask of ones, labels (b,) or ids for an LM.
+
+    For ``task="seq2seq"`` (T5) the labels are random target ids (b, t) and the batch carries the decoder's
+    inputs, ``decoder_input_ids`` = the labels shifted right behind the start token 0, so that
+    ``model(**model_inputs(batch))`` runs encoder and decoder.
+    """
     g = torch.Generator().manual_seed(spec.seed)
     ids = torch.randint(5, vocab_size, (spec.batch_size, spec.seq_len), generator=g)  # (b, t)
     if spec.task == "causal_lm":
         labels = ids.clone()
+    elif spec.task == "seq2seq":
+        labels = torch.randint(5, vocab_size, (spec.batch_size, spec.seq_len), generator=g)  # (b, t)
+        start = torch.zeros(spec.batch_size, 1, dtype=labels.dtype)  # (b, 1)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
+                "decoder_input_ids": torch.cat([start, labels[:, :-1]], dim=1)}  # (b, t)
     else:
         labels = torch.randint(spec.num_labels, (spec.batch_size,), generator=g)  # (b,)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}

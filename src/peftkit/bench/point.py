@@ -56,8 +56,8 @@ ROWS = {  # slug: (label, config stem, pretrained, extra overrides)
 
 @dataclass
 class PointBenchConfig:
-    out_dir: str = "runs/bench/point"  # the training runs
-    report_dir: str = "runs/bench"  # point.{json,md,png}
+    out_dir: str = "runs/bench"  # point.{json,md,png}
+    runs_dir: str = "runs/bench/point"  # the training runs
     rows: str = "full,full_random,linear,lora,full_norot,full_random_norot,linear_norot"  # +linear_random
     epochs: int = 5  # CPU budget (the configs say 30)
     seed: int = 0
@@ -75,7 +75,7 @@ def parse(overrides: list[str]) -> PointBenchConfig:
 
 def run_row(cfg: PointBenchConfig, slug: str) -> dict[str, Any]:
     label, stem, pretrained, extra = ROWS[slug]
-    out = Path(cfg.out_dir) / slug
+    out = Path(cfg.runs_dir) / slug
     args = [
         sys.executable,
         "-m",
@@ -180,7 +180,7 @@ def plot_curves(cfg: PointBenchConfig, slugs: list[str], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8.0, 3.2), dpi=110)
     for slug in slugs:
-        recs = [json.loads(x) for x in (Path(cfg.out_dir) / slug / "metrics.jsonl").read_text().splitlines()]
+        recs = [json.loads(x) for x in (Path(cfg.runs_dir) / slug / "metrics.jsonl").read_text().splitlines()]
         pts = [(r["epoch"] + 1, r["val/accuracy"]) for r in recs if "val/accuracy" in r]
         ax.plot(*zip(*pts), marker="o", label=ROWS[slug][0])
     ax.set_xlabel("epoch")
@@ -228,7 +228,7 @@ def main(overrides: list[str] | None = None) -> int:
         "command: peftkit bench point " + " ".join(overrides or []),
     ]
     paths = write_report(
-        cfg.report_dir,
+        cfg.out_dir,
         "point",
         rows=rows,
         columns=cols,
@@ -237,7 +237,7 @@ def main(overrides: list[str] | None = None) -> int:
         meta={"config": dataclasses.asdict(cfg)},
         figure=fig,
     )
-    plot_curves(cfg, slugs, Path(cfg.report_dir) / "point_curves.png")
+    plot_curves(cfg, slugs, Path(cfg.out_dir) / "point_curves.png")
     print(text_table(rows, cols))
     print(f"wrote {paths['md']}")
     return 0

@@ -65,7 +65,7 @@ PROBE_L2 = (1e-4, 1e-3, 1e-2, 1e-1)  # grid for the probe's L2 weight, selected 
 class BenchConfig:
     """What to run. Defaults: the CPU protocol of docs/results/point_peft.md."""
 
-    out: str = "docs/results/point_peft"
+    out_dir: str = "docs/results/point_peft"
     runs: str = "runs/bench_point_peft"
     rows: str = (
         "linear_probe,full,point_peft,head_only,lora,adapter_only,prompt_only,no_bank,point_peft_deft,"
@@ -170,7 +170,7 @@ def ensure_bank(cfg: BenchConfig) -> None:
 def main(overrides: list[str]) -> int:
     """Run the missing rows, then render the report."""
     cfg = parse(list(overrides))
-    out = Path(cfg.out)
+    out = Path(cfg.out_dir)
     if not cfg.report_only:
         for seed in (int(s) for s in _split(cfg.seeds)):
             for row in _split(cfg.rows):

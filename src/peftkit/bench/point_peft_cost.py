@@ -43,7 +43,7 @@ ROWS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 @dataclass
 class CostConfig:
-    out: str = "docs/results/point_peft"
+    out_dir: str = "docs/results/point_peft"
     rows: str = "full,point_peft,point_peft_cached,no_bank,head_only"
     batch: int = 32
     rounds: int = 5
@@ -169,7 +169,7 @@ def main(overrides: list[str]) -> int:
         "peak_vs_full": {r: peaks[r] / peaks[ref] for r in rows}, "profile_s": profiles,
         "num_points": built[rows[0]][2]["num_points"],
     }
-    out = Path(cfg.out)
+    out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "point_peft_cost.json", result, indent=1)
     md = [f"One process, batch {cfg.batch}, {result['num_points']} points, {cfg.threads} thread(s), "

@@ -39,7 +39,9 @@ def default_loss_for(model: nn.Module) -> LossFn:
     def loss_fn(output: Any, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         logits = getattr(output, "logits", output)
         labels = batch["labels"]
-        if logits.dim() == 3:  # causal LM: predict token t+1 from tokens <= t; logits (b, t, vocab)
+        if logits.dim() == 3 and "decoder_input_ids" in batch:  # seq2seq: decoder outputs align with labels
+            logits, labels = logits.flatten(0, 1), labels.flatten()
+        elif logits.dim() == 3:  # causal LM: predict token t+1 from tokens <= t; logits (b, t, vocab)
             logits, labels = logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten()
         return nn.functional.cross_entropy(logits.float(), labels, ignore_index=-100) + aux_loss(model)
 
