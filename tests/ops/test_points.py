@@ -7,6 +7,7 @@ import itertools
 import pytest
 import torch
 
+from peftkit.bench.point_ops import fps_previous
 from peftkit.core.errors import DataError
 from peftkit.ops.points import (
     chamfer_l2,
@@ -40,18 +41,6 @@ def test_fps_matches_brute_force() -> None:
         assert idx[b].tolist() == _fps_reference(pts[b], 10)
 
 
-def _fps_vectorised_reference(points: torch.Tensor, m: int) -> torch.Tensor:
-    """The previous (array-of-structures) implementation: the fast path must return the same indices."""
-    b, n, _ = points.shape
-    batch, far = torch.arange(b), torch.zeros(b, dtype=torch.long)
-    idx, mind = torch.empty(b, m, dtype=torch.long), torch.full((b, n), float("inf"), dtype=points.dtype)
-    for i in range(m):
-        idx[:, i] = far
-        mind = torch.minimum(mind, ((points - points[batch, far][:, None, :]) ** 2).sum(-1))
-        far = mind.argmax(-1)
-    return idx
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_fps_fast_path_parity_with_the_previous_implementation(dtype: torch.dtype) -> None:
     g = torch.Generator().manual_seed(1)
@@ -59,7 +48,7 @@ def test_fps_fast_path_parity_with_the_previous_implementation(dtype: torch.dtyp
     pts[:, 300:310] = pts[:, 0:1]  # duplicates: ties go to the lowest index in both
     grid = torch.stack(torch.meshgrid(*[torch.arange(5.0)] * 3, indexing="ij"), -1).reshape(1, 125, 3)
     for cloud, m in ((pts, 64), (grid.to(dtype), 40)):
-        assert torch.equal(farthest_point_sample(cloud, m), _fps_vectorised_reference(cloud, m))
+        assert torch.equal(farthest_point_sample(cloud, m), fps_previous(cloud, m))
 
 
 def test_fps_start_index_and_random_start() -> None:

@@ -15,15 +15,6 @@ from peftkit.methods.point_peft.bank import QueryEncoder, load_bank, save_bank
 NUM_LABELS = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread beats an oversubscribed pool."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(seed: int = 0, **kw) -> torch.nn.Module:
     return pk.load_backbone("tiny_point", num_labels=NUM_LABELS, seed=seed, **kw)
 

@@ -16,16 +16,6 @@ from peftkit.methods.point_peft import bank as B
 from peftkit.recipes import point_bank
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread beats an oversubscribed pool."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-
 def write_config(tmp_path: Path, methods: list[dict], **train) -> Path:
     tree = {
         "out_dir": str(tmp_path / "run"),

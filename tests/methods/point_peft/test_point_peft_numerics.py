@@ -15,16 +15,6 @@ from peftkit.methods.point_peft.prompt import retrieve
 from peftkit.ops.points import farthest_point_sample, knn
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread beats an oversubscribed pool."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-
 def test_retrieval_matches_a_python_loop():
     g = torch.Generator().manual_seed(0)
     bank = F.normalize(torch.randn(30, 8, generator=g, dtype=torch.float64), dim=-1)
