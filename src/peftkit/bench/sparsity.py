@@ -16,6 +16,11 @@ paper's eps 1e-7, weight 1), ``lora+deft_e1e-2`` (eps 1e-2: not in the paper), `
 ``lora+deft_e1e-2_st`` (sparsity-aware fine-tuning, not in the paper: the last epoch runs with a magnitude
 sparsifier at ``st_q`` calibrated at its start, gradients straight through), ``lora_mlp`` /
 ``lora_mlp+deft_e1e-2`` (LoRA also on ``mlp_in``, so the density loss moves the pre-activations directly).
+Remedies, not in the paper either: ``lora+deft_thr_st`` (the threshold-aware surrogate
+``DEFT(centre="threshold", eps=1e-2)``, centred on the per-layer threshold calibrated at the start of the
+sparsity-aware epoch, at ``st_q``, and active only in that epoch); ``lora+deft_e1e-2_w0.1_st`` (DEFT
+weight 0.1); ``lora+deft_e1e-2_late_st`` (DEFT eps 1e-2 only in the sparsity-aware epoch); ``pfeiffer_st`` /
+``pfeiffer+deft_e1e-2_st`` (the Pfeiffer adapter instead of LoRA).
 """
 
 from __future__ import annotations
@@ -25,20 +30,37 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 Q_GRID = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99)
 RULES = {"magnitude": ("magnitude", False), "sign": ("sign", False), "magnitude_fold": ("magnitude", True)}
 QV, QV_MLP = ("attn_q", "attn_v"), ("attn_q", "attn_v", "mlp_in")
-# variant -> (LoRA targets, DEFT (eps, weight) or None, straight-through last epoch)
-VARIANTS: dict[str, tuple[tuple[str, ...], tuple[float, float] | None, bool]] = {
-    "lora": (QV, None, False),
-    "lora+deft": (QV, (1e-7, 1.0), False),
-    "lora+deft_e1e-2": (QV, (1e-2, 1.0), False),
-    "lora_st": (QV, None, True),
-    "lora+deft_e1e-2_st": (QV, (1e-2, 1.0), True),
-    "lora_mlp": (QV_MLP, None, False),
-    "lora_mlp+deft_e1e-2": (QV_MLP, (1e-2, 1.0), False),
+
+
+class Variant(NamedTuple):
+    """One training recipe of the bench."""
+
+    targets: tuple[str, ...]                # LoRA targets (ignored by the adapter)
+    deft: tuple[float, float] | None        # DEFT (eps, weight), or no DEFT
+    st: bool                                # straight-through sparsifier in the last epoch
+    late: bool = False                      # DEFT only in the last (sparsity-aware) epoch
+    centred: bool = False                   # DEFT(centre="threshold"), calibrated at the last epoch's start
+    adapter: bool = False                   # the Pfeiffer adapter instead of LoRA
+
+
+VARIANTS: dict[str, Variant] = {
+    "lora": Variant(QV, None, False),
+    "lora+deft": Variant(QV, (1e-7, 1.0), False),
+    "lora+deft_e1e-2": Variant(QV, (1e-2, 1.0), False),
+    "lora_st": Variant(QV, None, True),
+    "lora+deft_e1e-2_st": Variant(QV, (1e-2, 1.0), True),
+    "lora_mlp": Variant(QV_MLP, None, False),
+    "lora_mlp+deft_e1e-2": Variant(QV_MLP, (1e-2, 1.0), False),
+    "lora+deft_thr_st": Variant(QV, (1e-2, 1.0), True, late=True, centred=True),
+    "lora+deft_e1e-2_w0.1_st": Variant(QV, (1e-2, 0.1), True),
+    "lora+deft_e1e-2_late_st": Variant(QV, (1e-2, 1.0), True, late=True),
+    "pfeiffer_st": Variant((), None, True, adapter=True),
+    "pfeiffer+deft_e1e-2_st": Variant((), (1e-2, 1.0), True, adapter=True),
 }
 
 
@@ -94,10 +116,13 @@ def adapter_dir(cfg: SparsityBenchConfig, dataset: str, variant: str, seed: int)
 def build_model(cfg: SparsityBenchConfig, variant: str, num_labels: int) -> Any:
     import peftkit as pk
 
-    targets, deft, _ = VARIANTS[variant]
-    stack: list[Any] = [pk.LoRA(rank=8, alpha=16, targets=targets)]
-    if deft is not None:
-        stack.append(pk.DEFT(eps=deft[0], weight=deft[1]))
+    v = VARIANTS[variant]
+    peft = (pk.Adapter(kind="pfeiffer", reduction_factor=16, activation="relu") if v.adapter
+            else pk.LoRA(rank=8, alpha=16, targets=v.targets))
+    stack: list[Any] = [peft]
+    if v.deft is not None:
+        stack.append(pk.DEFT(eps=v.deft[0], weight=v.deft[1], centre="threshold" if v.centred else "zero",
+                             centre_q=cfg.st_q))
     return pk.apply(pk.load_backbone(cfg.backbone, task="classification", num_labels=num_labels), stack)
 
 
@@ -127,22 +152,31 @@ def train(cfg: SparsityBenchConfig, model: Any, variant: str, train_loader: Any,
     sched = build_scheduler(opt, cfg.epochs * len(train_loader), cfg.warmup_ratio, "linear")
     import torch
 
+    from peftkit.methods.deft.centre import calibrate_centres
+
     device = torch.device("cpu")
+    v = VARIANTS[variant]
     model.train()
     for epoch in range(cfg.epochs):
-        if VARIANTS[variant][2] and epoch == cfg.epochs - 1:  # sparsity-aware last epoch
+        last = epoch == cfg.epochs - 1
+        if v.st and last:  # sparsity-aware last epoch
             model.eval()
             pk.sparsify(model, cfg.st_q, calib=calib, allow_training=True)
+            if v.centred:
+                calibrate_centres(model, calib)  # the same thresholds, for the centred surrogate
             model.train()
+        aux = v.deft is not None and (last or not v.late)
         for batch in train_loader:
             inputs, labels = split_batch(batch, device)
             logits = logits_of(model(**inputs))
-            loss = task_loss(logits, labels, logits.shape[-1]) + pk.aux_loss(model)
+            loss = task_loss(logits, labels, logits.shape[-1])
+            if aux:
+                loss = loss + pk.aux_loss(model)
             loss.backward()
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-    if VARIANTS[variant][2]:
+    if v.st:
         drop_sparsify(model)
     model.eval()
     return time.perf_counter() - t0

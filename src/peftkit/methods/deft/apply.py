@@ -107,6 +107,7 @@ def apply_deft(model: nn.Module, spec: BackboneSpec, config: DEFT) -> Applied:
                     act, name=path, stack=s.name, eps=config.eps,
                     coef=weight / len(paths), ctx=ctx, exclude_padding=config.exclude_padding,
                     exclude_virtual_tokens=config.exclude_virtual_tokens,
+                    centred=config.centre == "threshold", centre_q=config.centre_q,
                 )
                 record.replace(base, path, probe)
                 probes.append(probe)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from peftkit.core.configs import coerce_scalar
 from peftkit.core.errors import ConfigError
 
+CENTRES = ("zero", "threshold")
+
 
 @dataclass
 class DEFT:
@@ -38,6 +40,14 @@ class DEFT:
             there is not in the public code; 0.5 is the usual choice).
         check_finite: raise, naming the layer, when the density term is NaN or infinite (one host sync per
             step).
+        centre: ``"zero"`` (the paper: a^2 / (a^2 + eps)) or ``"threshold"`` (not in the paper: the
+            threshold-aware surrogate r^2 / (r^2 + eps), r = relu(|a| - tau_l), which counts only what lies
+            above the layer's calibrated magnitude threshold tau_l; see ``density.py``). A centred DEFT has no
+            term until ``calibrate_centres(model, calib)`` sets tau_l (at the start of the sparsity-aware
+            phase); ``pk.aux_loss`` raises before that.
+        centre_q: target sparsity whose calibrated magnitude threshold is tau_l (``pk.sparsify``'s
+            calibration: the q-quantile of |a_l| over the calibration tokens). Used only with
+            ``centre="threshold"``.
     """
 
     weight: float = 1.0              # IBM/DEFT glue.sh: --weight_l 1.0
@@ -47,9 +57,11 @@ class DEFT:
     exclude_virtual_tokens: bool = False  # reference: prompt-tuning virtual tokens counted
     prune: float = 0.0
     check_finite: bool = True
+    centre: str = "zero"             # the paper; "threshold" is ours
+    centre_q: float = 0.9
 
     def __post_init__(self) -> None:
-        for name in ("weight", "eps", "decoder_weight", "prune"):
+        for name in ("weight", "eps", "decoder_weight", "prune", "centre_q"):
             setattr(self, name, coerce_scalar(getattr(self, name), float, f"DEFT {name}"))
         if not (self.weight >= 0.0):
             raise ConfigError(f"DEFT weight must be >= 0, got {self.weight}")
@@ -59,3 +71,7 @@ class DEFT:
             raise ConfigError(f"DEFT eps must be > 0 (a^2/(a^2+eps) is 0/0 at a = 0), got {self.eps}")
         if not (0.0 <= self.prune < 1.0):
             raise ConfigError(f"DEFT prune must be a fraction in [0, 1), got {self.prune}")
+        if self.centre not in CENTRES:
+            raise ConfigError(f"DEFT centre must be one of {list(CENTRES)}, got {self.centre!r}")
+        if not (0.0 < self.centre_q < 1.0):
+            raise ConfigError(f"DEFT centre_q must be a target sparsity in (0, 1), got {self.centre_q}")

@@ -39,6 +39,13 @@ class DeftLoss(nn.Module):
                 f"DEFT: the MLP activations at {stale[:3]}{'...' if len(stale) > 3 else ''} did not run in "
                 "the last forward; a method applied with DEFT bypasses the backbone's mlp_act modules"
             )
+        uncal = [p.name for p in self.probes if p.last_term is None and p.centred and p.tau is None]
+        if uncal:
+            raise PeftkitError(
+                f"DEFT centre='threshold' has no threshold yet at {uncal[0]} ({len(uncal)} layers): call "
+                "peftkit.methods.deft.centre.calibrate_centres(model, calib) (at the start of the "
+                "sparsity-aware phase) before pk.aux_loss"
+            )
         return list(self.probes)
 
     def stack_terms(self) -> dict[str, torch.Tensor]:

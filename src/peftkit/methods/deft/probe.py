@@ -5,7 +5,9 @@ module (``a = f(x)``, BackboneSpec role) and, on every forward, keeps
 
     last_term = mean_b d[b, l],   d[b, l] = sum_{t, j} w[b, t] * a[b, t, j]^2 / (a[b, t, j]^2 + eps)
 
-(:func:`peftkit.methods.deft.density.per_sample_density`). It is a ``core.protocols.RecomputableTerm``: a
+(:func:`peftkit.methods.deft.density.per_sample_density`). A centred probe (``centred=True``, not in the
+paper) uses s_tau with the layer's calibrated threshold ``tau`` instead (``centre.calibrate_centres``); until
+then it has no term (``last_term`` None). It is a ``core.protocols.RecomputableTerm``: a
 method that recomputes the block in its own backward (MEFT) clears ``last_term``, re-runs the forward and
 back-propagates ``coef`` times the term's gradient into the recomputed graph.
 
@@ -32,13 +34,23 @@ class DensityProbe(nn.Module):
         name: its path in the backbone (used in error messages).
         stack: the stack it belongs to (``encoder`` / ``decoder``).
         coef: the loss weight of ``last_term`` (stack weight / number of layers in the stack).
-        last_term: ``mean_b d[b]`` of the last forward (fp32 scalar, differentiable when grad is enabled).
+        last_term: ``mean_b d[b]`` of the last forward (fp32 scalar, differentiable when grad is enabled);
+            None for a centred probe that is not calibrated yet.
+        centred: use the threshold-centred surrogate s_tau (``DEFT(centre="threshold")``).
+        centre_q: the target sparsity whose calibrated magnitude threshold is ``tau``.
+        tau: the centre (None until calibrated when ``centred``; 0.0 otherwise).
+        observe: keep ``last_abs`` (|a|, detached) for the calibration of ``tau``.
     """
 
     def __init__(self, inner: nn.Module, *, name: str, stack: str, eps: float, coef: float, ctx: MaskContext,
-                 exclude_padding: bool = False, exclude_virtual_tokens: bool = False) -> None:
+                 exclude_padding: bool = False, exclude_virtual_tokens: bool = False,
+                 centred: bool = False, centre_q: float = 0.9) -> None:
         super().__init__()
         self.inner = inner
+        self.centred, self.centre_q = centred, centre_q
+        self.tau: float | None = None if centred else 0.0
+        self.observe = False
+        self.last_abs: torch.Tensor | None = None
         self.name, self.stack, self.eps, self.coef, self.ctx = name, stack, eps, coef, ctx
         self.exclude_padding, self.exclude_virtual_tokens = exclude_padding, exclude_virtual_tokens
         self.last_term: torch.Tensor | None = None
@@ -53,8 +65,10 @@ class DensityProbe(nn.Module):
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         a = self.inner(x, *args, **kwargs)
+        if self.observe:
+            self.last_abs = a.detach().abs()
         valid = self.valid(a)
-        self.last_term = per_sample_density(a, self.eps, valid).mean()
+        self.last_term = None if self.tau is None else per_sample_density(a, self.eps, valid, self.tau).mean()
         self.fired_at = self.ctx.generation
         return a
 
@@ -65,4 +79,5 @@ class DensityProbe(nn.Module):
         return self.coef * self.last_term
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, stack={self.stack!r}, eps={self.eps:g}, coef={self.coef:g}"
+        centre = f", tau={self.tau}" if self.centred else ""
+        return f"name={self.name!r}, stack={self.stack!r}, eps={self.eps:g}, coef={self.coef:g}{centre}"
