@@ -31,20 +31,32 @@ from torch import nn
 from peftkit.bench._args import parse_overrides
 from peftkit.core.io import atomic_write_json, atomic_write_text
 
+CACHED = ("data.example_index=true", "methods.0.cache_query=true")
+CKPT_ADAPTER = ("methods.0.checkpoint_adapter=true",)
+CKPT_BLOCKS = ("methods.0.checkpoint_blocks=true",)
 # row -> (config stem under configs/point/kicad__*.yaml, overrides)
 ROWS: dict[str, tuple[str, tuple[str, ...]]] = {
     "full": ("full", ()),
     "point_peft": ("point_peft", ()),
-    "point_peft_cached": ("point_peft", ("data.example_index=true", "methods.0.cache_query=true")),
+    "point_peft_cached": ("point_peft", CACHED),
     "no_bank": ("point_peft_no_bank", ()),
     "head_only": ("linear", ()),
+    # memory options: recompute the GA-Adapter / the frozen blocks in backward
+    "pp_ckpt_adapter": ("point_peft", CKPT_ADAPTER),
+    "pp_ckpt_blocks": ("point_peft", CKPT_BLOCKS),
+    "pp_ckpt_both": ("point_peft", (*CKPT_ADAPTER, *CKPT_BLOCKS)),
+    "pp_cached_ckpt_adapter": ("point_peft", (*CACHED, *CKPT_ADAPTER)),
+    "pp_cached_ckpt_both": ("point_peft", (*CACHED, *CKPT_ADAPTER, *CKPT_BLOCKS)),
 }
 
 
 @dataclass
 class CostConfig:
     out_dir: str = "docs/results/point_peft"
-    rows: str = "full,point_peft,point_peft_cached,no_bank,head_only"
+    rows: str = (
+        "full,point_peft,point_peft_cached,no_bank,head_only,pp_ckpt_adapter,pp_ckpt_blocks,pp_ckpt_both,"
+        "pp_cached_ckpt_adapter,pp_cached_ckpt_both"
+    )
     batch: int = 32
     rounds: int = 5
     threads: int = 1
@@ -75,7 +87,37 @@ def _build(
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return model, step, {"num_points": int(batch["points"].shape[1])}
+    return model, step, {"num_points": int(batch["points"].shape[1]), "batch": batch}
+
+
+# saved-for-backward parts, by the module a tensor was saved in (first matching pattern wins)
+SAVED_PARTS: tuple[tuple[str, str], ...] = (
+    ("GA-Adapter: local attention (m * k neighbourhood tokens)", r"point_peft\.local_attn"),
+    ("GA-Adapter: gather, pool, BN, interpolation (block hooks)", r"blocks\.\d+$"),
+    ("adapters (MLP + token)", r"blocks\.\d+\.point_peft\.geo\."),
+    ("prompts (+ prompt adapters)", r"blocks\.\d+\.point_peft\.prompt"),
+    ("block attention, LayerNorms, stochastic depth", r"blocks\.\d+\.(attn|norm1|norm2|drop_path)"),
+    ("block MLP", r"blocks\.\d+\.mlp"),
+    ("patch + position embedding", r"(patch_embed|pos_embed)"),
+)
+
+
+def saved_by_part(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Bytes saved for backward by one forward + loss (``peftkit.measure.saved``), grouped into
+    :data:`SAVED_PARTS` (the rest: final norm, head, loss). Inside a ``torch.utils.checkpoint`` region
+    nothing is saved; the inputs a region keeps are not seen here (the step peak counts them)."""
+    import re
+
+    from peftkit.measure.saved import saved_activations
+
+    res = saved_activations(model, batch)
+    out: dict[str, int] = {name: 0 for name, _ in SAVED_PARTS}
+    out["rest (final norm, head, loss)"] = 0
+    for where, nbytes in res.by_module.items():
+        part = next((n for n, pat in SAVED_PARTS if re.match(pat, where)), "rest (final norm, head, loss)")
+        out[part] += nbytes
+    out["total"] = res.bytes
+    return out
 
 
 def _parts(model: nn.Module) -> dict[str, list[nn.Module]]:
@@ -160,6 +202,7 @@ def main(overrides: list[str]) -> int:
     times = interleaved_times({r: built[r][1] for r in rows}, warmup=1, rounds=cfg.rounds)
     med = medians(times)
     peaks = {r: step_peak(built[r][1]).peak_bytes for r in rows}
+    saved = {r: saved_by_part(built[r][0], built[r][2]["batch"]) for r in rows}
     profiled = ("full", "point_peft", "point_peft_cached")
     profiles = {r: profile(built[r][0], built[r][1], cfg.rounds) for r in rows if r in profiled}
     ref = "full" if "full" in med else rows[0]
@@ -167,6 +210,7 @@ def main(overrides: list[str]) -> int:
         "config": dataclasses.asdict(cfg), "step_time_s": med, "step_times_s": times,
         "time_vs_full": {r: med[r] / med[ref] for r in rows}, "peak_bytes": peaks,
         "peak_vs_full": {r: peaks[r] / peaks[ref] for r in rows}, "profile_s": profiles,
+        "saved_bytes": saved,
         "num_points": built[rows[0]][2]["num_points"],
     }
     out = Path(cfg.out_dir)
@@ -178,6 +222,11 @@ def main(overrides: list[str]) -> int:
     for r in rows:
         md.append(f"| {r} | {med[r]:.3f} | {result['time_vs_full'][r]:.2f}x | {peaks[r] / 2**20:.0f} | "
                   f"{result['peak_vs_full'][r]:.2f}x |")
+    md += ["", "Saved for backward by one forward (MiB), by part (a checkpointed region's kept inputs are "
+           "not counted here; the step peak above counts everything):", "",
+           "| part | " + " | ".join(rows) + " |", "|:---|" + "---:|" * len(rows)]
+    for part in saved[rows[0]]:
+        md.append(f"| {part} | " + " | ".join(f"{saved[r][part] / 2**20:.1f}" for r in rows) + " |")
     for r, prof in profiles.items():
         md += ["", f"Profile of one {r} step (mean of {cfg.rounds}):", ""]
         md += ["| part | ms | share |", "|:---|---:|---:|"]

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from peftkit.backbones.point.layers import (
     Attention,
@@ -59,8 +60,16 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
         self.drop_path = DropPath(drop_path)
+        # activation checkpointing: keep only the block's input for backward and recompute attention and MLP
+        # (and what hooks on its sub-modules add) there; forward pre/post hooks of the block stay outside
+        self.checkpoint = False
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, geom: PointGeometry | None = None) -> torch.Tensor:
+        if self.checkpoint and torch.is_grad_enabled():
+            return checkpoint(self._body, x, pos, use_reentrant=False)  # recompute in backward, same RNG
+        return self._body(x, pos)
+
+    def _body(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         h = x + pos
         h = h + self.drop_path(self.attn(self.norm1(h)))
         return h + self.drop_path(self.mlp(self.norm2(h)))

@@ -30,6 +30,7 @@ from peftkit.methods.point_peft.runtime import (
 # Roles whose bias trains (the reference's ``proj.bias fc1.bias fc2.bias norm1.bias norm2.bias``; a qkv bias
 # where the backbone has one, as the M2AE version lists ``qkv.bias``).
 BIAS_ROLES = ("attn_qkv", "attn_out", "mlp_in", "mlp_out", "attn_norm", "mlp_norm")
+NORM_ROLES = ("attn_norm", "mlp_norm")  # the blocks' LayerNorms (``train_block_norm_weights``)
 
 
 def _bank_for(model: nn.Module, config: PointPEFT, dim: int) -> PointPriorBank | None:
@@ -61,6 +62,13 @@ def _base_params(model: nn.Module, spec: BackboneSpec, config: PointPEFT) -> lis
                     bias = getattr(model.get_submodule(path), "bias", None)
                     if isinstance(bias, nn.Parameter):
                         out.append(bias)
+    if config.train_block_norm_weights:
+        for role in NORM_ROLES:
+            if spec.has_role(role):
+                for path in spec.role_paths(model, role):
+                    weight = getattr(model.get_submodule(path), "weight", None)
+                    if isinstance(weight, nn.Parameter):
+                        out.append(weight)
     if config.train_final_norm:
         out.extend(model.get_submodule(spec.model_role("final_norm")).parameters())
     if config.train_cls:
@@ -88,6 +96,8 @@ def apply_point_peft(model: nn.Module, spec: BackboneSpec, config: PointPEFT) ->
     depth = len(blocks)
     if config.use_prompt and config.prompt_layers > depth:
         raise ConfigError(f"prompt_layers={config.prompt_layers} but the backbone has {depth} blocks")
+    if config.checkpoint_blocks and not all(isinstance(getattr(b, "checkpoint", None), bool) for b in blocks):
+        raise UnsupportedError("checkpoint_blocks needs point_mae's Block (a `checkpoint` switch)")
     dim = int(model.get_submodule(spec.model_role("final_norm")).normalized_shape[0])
     shared = PointPEFTShared(
         dim,
@@ -125,8 +135,13 @@ def apply_point_peft(model: nn.Module, spec: BackboneSpec, config: PointPEFT) ->
             mlp = blk.get_submodule(spec.stack().roles["mlp"])
             record.on_undo(mlp.register_forward_hook(lambda m, a, y, g=geo: g.adapt_mlp(y)).remove)
         if prompt is not None or geo is not None:
-            hook = after_block_hook(layer, shared, last=i == last_hooked)
+            hook = after_block_hook(layer, shared, last=i == last_hooked,
+                                    checkpoint_adapter=config.checkpoint_adapter)
             record.on_undo(blk.register_forward_hook(hook, with_kwargs=True).remove)
+    if config.checkpoint_blocks:
+        for blk in blocks:
+            record.on_undo(lambda blk=blk, before=blk.checkpoint: setattr(blk, "checkpoint", before))
+            blk.checkpoint = True
     if hasattr(model, "freeze_bn_stats"):
         before = model.freeze_bn_stats
         model.freeze_bn_stats = config.freeze_encoder_bn

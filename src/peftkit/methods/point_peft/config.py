@@ -52,7 +52,13 @@ class PointPEFT:
     train_block_biases: bool = True   # proj.bias, fc1.bias, fc2.bias, norm1.bias, norm2.bias (BitFit-style)
     train_final_norm: bool = True     # the final LayerNorm ("norm.")
     train_cls: bool = True            # cls_token and cls_pos
+    # Not in the paper: also train the LayerNorm weights of every block (norm1.weight, norm2.weight; their
+    # biases already train), 2 d per block. A cheap way to let the frozen features move.
+    train_block_norm_weights: bool = False
     freeze_encoder_bn: bool = True    # False: frozen encoder BN stats drift (reference calls train())
+    # ---- memory options (not in the paper; same loss and gradients, less memory, more compute) ----
+    checkpoint_adapter: bool = False  # recompute each GA-Adapter (local attention on m*k tokens) in backward
+    checkpoint_blocks: bool = False   # recompute each frozen block's attention and MLP in backward
 
     def __post_init__(self) -> None:
         positive = {

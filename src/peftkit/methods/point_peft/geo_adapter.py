@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from peftkit.core.errors import DataError
 from peftkit.layers.drop_path import DropPath
@@ -84,17 +85,45 @@ class GeoAdapter(nn.Module):
         return y + self.mlp_scale * self.mlp_adapter(y)
 
     def propagate(
-        self, tokens: torch.Tensor, grouping: TokenGrouping, local_attn: LocalAttention
+        self, tokens: torch.Tensor, grouping: TokenGrouping, local_attn: LocalAttention,
+        update_stats: bool = True,
     ) -> torch.Tensor:
-        """Local attention in each neighbourhood, pooled per sub-centre and propagated back: ``[b, n, d]``."""
+        """Local attention in each neighbourhood, pooled per sub-centre and propagated back: ``[b, n, d]``.
+
+        ``update_stats=False`` normalises with the batch statistics as training does but leaves BN_l's
+        running statistics alone (a recomputation in backward must not update them a second time).
+        """
         b, n, d = tokens.shape
         m, k = grouping.nbr_idx.shape[1:]
         x = gather_points(tokens, grouping.nbr_idx).reshape(b * m, k, d)  # [b*m, k, d]
         x = x + self.drop_path(local_attn(x))
         pooled = x.amax(dim=1)                                             # [b*m, d]
-        u = F.gelu(self.out_norm(pooled)).reshape(b, m, d)                # [b, m, d]
+        u = F.gelu(self._norm(pooled, update_stats)).reshape(b, m, d)     # [b, m, d]
         u = u + self.center_coef * gather_points(tokens, grouping.sub_idx)
         return tokens + self.propagate_coef * torch.bmm(grouping.weights.to(u.dtype), u)  # [b, n, d]
+
+    def _norm(self, pooled: torch.Tensor, update_stats: bool) -> torch.Tensor:
+        bn = self.out_norm
+        if update_stats or not bn.training:
+            return bn(pooled)
+        # batch statistics as in training; momentum 0 leaves the running statistics as they are
+        return F.batch_norm(pooled, bn.running_mean, bn.running_var, bn.weight, bn.bias, True, 0.0, bn.eps)
+
+    def checkpointed(
+        self, cls_tokens: torch.Tensor, grouping: TokenGrouping, local_attn: LocalAttention
+    ) -> torch.Tensor:
+        """``token_adapter([cls; propagate(T)])`` recomputed in backward (``torch.utils.checkpoint``): only
+        the block output ``[b, t, d]`` and the grouping are kept, not the ``m * k`` neighbourhood activations
+        of the local attention. Same values and gradients (dropout and DropPath replay their RNG state)."""
+        calls = [0]
+
+        def run(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+            calls[0] += 1
+            g = TokenGrouping(grouping.sub_idx, grouping.nbr_idx, weights)
+            tokens = self.propagate(x[:, 1:], g, local_attn, update_stats=calls[0] == 1)
+            return self.token_adapter(torch.cat([x[:, :1], tokens], dim=1))
+
+        return checkpoint(run, cls_tokens, grouping.weights, use_reentrant=False)
 
     def adapter_params(self) -> list[str]:
         return [n for n, _ in self.named_parameters()]

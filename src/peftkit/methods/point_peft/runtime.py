@@ -157,15 +157,23 @@ def insert_prompts_hook(layer: PointPEFTLayer, shared: PointPEFTShared) -> Calla
     return hook
 
 
-def after_block_hook(layer: PointPEFTLayer, shared: PointPEFTShared, last: bool) -> Callable[..., Any]:
-    """Forward hook of a block: GA-Adapter and ``Adp_16`` on the tokens, then drop the prompts."""
+def after_block_hook(
+    layer: PointPEFTLayer, shared: PointPEFTShared, last: bool, checkpoint_adapter: bool = False
+) -> Callable[..., Any]:
+    """Forward hook of a block: GA-Adapter and ``Adp_16`` on the tokens, then drop the prompts.
+
+    ``checkpoint_adapter``: with gradients on, recompute the GA-Adapter in backward instead of keeping its
+    neighbourhood activations (the grouping is computed once, outside the recomputed part)."""
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: torch.Tensor) -> Any:
         n_prompts = layer.num_prompts
         if layer.geo is not None:
             _, _, geom = block_args(args, kwargs)
             grouping = shared.context(geom).grouping(prompted=n_prompts > 0)
-            tokens = layer.geo.propagate(out[:, 1:], grouping, shared.local_attn)        # [b, T+g, d]
-            out = layer.geo.token_adapter(torch.cat([out[:, :1], tokens], dim=1))       # [b, t, d]
+            if checkpoint_adapter and torch.is_grad_enabled():
+                out = layer.geo.checkpointed(out, grouping, shared.local_attn)            # [b, t, d]
+            else:
+                tokens = layer.geo.propagate(out[:, 1:], grouping, shared.local_attn)    # [b, T+g, d]
+                out = layer.geo.token_adapter(torch.cat([out[:, :1], tokens], dim=1))   # [b, t, d]
         if n_prompts:
             out = torch.cat([out[:, :1], out[:, 1 + n_prompts:]], dim=1)                # [b, 1+g, d]
         if last:
