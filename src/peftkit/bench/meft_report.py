@@ -131,6 +131,29 @@ def write_memory(cfg: Any, saved: list[dict[str, Any]], peaks: list[dict[str, An
     return out
 
 
+def write_tradeoff(cfg: Any, rows: list[dict[str, Any]], command: str) -> Path:
+    """OUT/memory_depth.{json,md,png}: anchors, step peak and gradient error per variant, tolerance, depth."""
+    e = lambda v: f"{v:.1e}" if v is not None else "–"  # noqa: E731
+    for r in rows:
+        r["setting"] = f"{r['variant']}, " + (f"tolerance {r['tolerance']:g}" if r["tolerance"] > 0
+                                              else "no anchors")
+        r["n_anchors"] = len(r["anchors"])
+    cols = [Column("setting", "setting"), Column("depth", "layers"), Column("n_anchors", "anchors"),
+            Column("peak_bytes", "step peak (live tensors)", fmt_mib),
+            Column("anchor_bytes", "one anchor", fmt_mib),
+            Column("growth", "deepest / shallowest", fmt_ratio),
+            Column("grad_rel_err", "gradient error vs autograd", e)]
+    deepest = max((r["depth"] for r in rows), default=0)
+    fig = bar_panels([r for r in rows if r["growth"] is not None and r["depth"] == deepest], "setting",
+                     [Panel("growth", "step peak, deepest / shallowest", fmt_ratio)])
+    notes = [live_note("cpu"), f"{cfg.tradeoff_target} (arch, tokens), batch {cfg.live_batch}, dropout 0.1, "
+             f"fp32, random weights; {cfg.threads} thread(s); rows kept in {cfg.tradeoff_rows_dir}",
+             f"command: `{command}`"]
+    return write_report(cfg.out_dir, "memory_depth", rows=rows, columns=cols, notes=notes, figure=fig,
+                        meta={"config": vars(cfg)},
+                        title="MEFT anchors: step peak vs depth and gradient error")["md"]
+
+
 def _pm(key: str, pct: bool = True) -> Any:
     """A function of a summary row: ``row[key]`` as "mean ± std" (percent when ``pct``)."""
     def fmt(row: Any) -> str:

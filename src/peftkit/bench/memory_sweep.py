@@ -77,6 +77,12 @@ class SweepConfig:
     live_target: str = "bert_base,12,512"  # (arch, depth, length); MEFT also at every depth of ``depths``
     live_batch: int = 2
     rows_dir: str = "docs/results/meft_rows/memory"  # one JSON per live row, kept in the repository
+    tradeoff: bool = False                 # anchors: peak vs depth and gradient error (bench.memory_depth)
+    tradeoff_target: str = "bert_base,512"  # (arch, length); batch live_batch
+    tradeoff_depths: str = "6,24"
+    tradeoff_variants: str = "meft1,meft3"
+    tradeoff_tolerances: str = "1e-3,1e-2,0"  # 0 = no anchors
+    tradeoff_rows_dir: str = "docs/results/meft_rows/memory_depth"
     threads: int = 1
     device: str = "auto"                   # auto | cpu | cuda
 
@@ -249,6 +255,15 @@ def main(overrides: list[str]) -> int:
     times = time_rows(cfg) if cfg.time_rounds else []
     paths = write_memory(cfg, saved_table(cfg, rows), peak_table(rows), times, _device(cfg),
                          time.perf_counter() - t0, "peftkit bench memory " + " ".join(overrides), rows, live)
+    if cfg.tradeoff:
+        from peftkit.bench.meft_report import write_tradeoff
+        from peftkit.bench.memory_depth import tradeoff_rows
+
+        arch, length = cfg.tradeoff_target.split(",")
+        trade = tradeoff_rows(cfg.tradeoff_rows_dir, arch, [int(d) for d in cfg.tradeoff_depths.split(",")],
+                              int(length), cfg.live_batch, cfg.tradeoff_variants.split(","),
+                              [float(t) for t in str(cfg.tradeoff_tolerances).split(",")])
+        paths.append(write_tradeoff(cfg, trade, "peftkit bench memory " + " ".join(overrides)))
     print("wrote " + ", ".join(str(p) for p in paths), flush=True)
     return 0
 

@@ -101,3 +101,45 @@ def test_accuracy_bad_overrides(bad: list[str]) -> None:
 def test_accuracy_unknown_row() -> None:
     with pytest.raises(pk.ConfigError, match="unknown row"):
         acc.train_rows(acc.AccuracyConfig(rows="MEFT9"))
+
+
+def test_accuracy_remedy_rows_sweep_only(tmp_path: Any) -> None:
+    """A remedy row is a MEFT3 stack with one changed field; ``seeds=`` (empty) runs the validation sweep
+    only, so the test split is never read for it."""
+    label = "MEFT3, init std 0.1"
+    cfg = acc.AccuracyConfig(rows_dir=str(tmp_path), rows=f"{label};MEFT3", seeds="")
+    assert acc.run_config(cfg, label, 3e-3, 0, "val").method_configs() == [
+        pk.MEFT(variant="meft3", adapter_init_std=0.1)]
+    for lab, lr in [(label, 3e-3), ("MEFT3", 1e-3), ("MEFT3", 3e-3)]:
+        row = {"phase": "sweep", "label": lab, "lr": lr, "seed": 0, "scale": acc.scale(cfg),
+               "eval/accuracy": lr}
+        (tmp_path / f"{acc.run_key('sweep', lab, lr, 0)}.json").write_text(json.dumps(row))
+    sweep, chosen, final = acc.train_rows(cfg)
+    assert len(sweep) == 3 and chosen == {label: 3e-3, "MEFT3": 3e-3} and final == []
+    assert "MEFT3, init std 0.1" not in acc._labels(acc.AccuracyConfig())  # rows=all: the main table only
+
+
+def test_val_curve_reads_each_epoch(tmp_path: Any) -> None:
+    path = tmp_path / "metrics.jsonl"
+    recs = [{"step": 5, "loss": 1.0}, {"step": 10, "val/accuracy": 0.5}, {"step": 20, "val/accuracy": 0.75},
+            {"step": 20, "eval/accuracy": 0.7}]
+    path.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    assert acc.val_curve(path) == [0.5, 0.75]
+    assert acc.val_curve(tmp_path / "missing.jsonl") == []
+
+
+def test_depth_tradeoff_anchors_cost_memory_and_buy_exact_gradients(tmp_path: Any) -> None:
+    """MEFT3 on a 12-layer random BERT (d 128): without anchors the reversible gradients are wrong (the
+    inverse divides by 0.1 twice per layer); with the default tolerance they are within 1e-3, and the
+    anchors the calibration keeps raise the step peak."""
+    import torch
+
+    from peftkit.bench.memory_depth import tradeoff_rows
+
+    torch.set_num_threads(1)
+    rows = tradeoff_rows(str(tmp_path), "d128", [12], 32, 2, ["meft3"], [1e-3, 0])
+    by = {r["tolerance"]: r for r in rows}
+    assert by[1e-3]["grad_rel_err"] < 1e-3 and not by[0]["grad_rel_err"] < 1e-3
+    assert by[1e-3]["anchors"] and by[0]["anchors"] == []
+    assert by[1e-3]["peak_bytes"] > by[0]["peak_bytes"]
+    assert len(list(tmp_path.glob("*.json"))) == 2
