@@ -39,3 +39,27 @@ def test_new_variants_are_accepted():
     cfg = sparsity.parse(["variants=lora+deft_thr_st,lora+deft_e1e-2_w0.1_st,pfeiffer_st"])
     assert sparsity.VARIANTS["lora+deft_e1e-2_w0.1_st"].deft == (1e-2, 0.1)
     assert cfg.variants.count(",") == 2
+
+
+def _row(variant: str, q_ok: float) -> dict:
+    """A stored row whose validation curve stays at dense accuracy up to ``q_ok`` and drops after."""
+    pts = [{"q": q, "density": 100.0 * (1 - q), "acc": 90.0 if q <= q_ok else 80.0, "agree": 100.0,
+            "only_dense": 0 if q <= q_ok else 10, "only_sparse": 0, "n": 100} for q in sparsity.Q_GRID]
+    return {"dataset": "bbc_news", "variant": variant, "seed": 0, "val_dense_acc": 90.0,
+            "curves": {"magnitude": pts}}
+
+
+def test_deft_rows_are_compared_with_the_same_peft_method(tmp_path):
+    from peftkit.bench import sparsity_report
+    from peftkit.core.io import atomic_write_json
+
+    (tmp_path / "rows").mkdir()
+
+    variants = {"lora_st": 0.9, "pfeiffer_st": 0.5, "pfeiffer+deft_e1e-2_st": 0.8, "lora+deft_thr_st": 0.95}
+    for v, q in variants.items():
+        atomic_write_json(tmp_path / "rows" / f"bbc_news__{v}__s0.json", _row(v, q))
+    cfg = sparsity.parse([f"out_dir={tmp_path}", "variants=" + ",".join(variants)])
+    rel = {r["variant"]: r.get("rel_density") for r in sparsity_report.summarise(cfg)}
+    assert rel["pfeiffer+deft_e1e-2_st"] == pytest.approx(0.2 / 0.5)   # not 0.2 / 0.1 (LoRA's baseline)
+    assert rel["lora+deft_thr_st"] == pytest.approx(0.05 / 0.1)
+    assert rel["lora_st"] is None and rel["pfeiffer_st"] is None

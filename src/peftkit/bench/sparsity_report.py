@@ -53,13 +53,16 @@ def select(runs: list[dict[str, Any]], rules: list[str]) -> dict[str, Any]:
 
 def summarise(cfg: Any) -> list[dict[str, Any]]:
     """One table row per (dataset, variant) with the selection, the test read and the density columns."""
-    from peftkit.bench.sparsity import _list, mcnemar_p
+    from peftkit.bench.sparsity import VARIANTS, _list, mcnemar_p
+
+    def family(variant: str) -> str:  # the PEFT method a DEFT row is compared with
+        return "pfeiffer" if VARIANTS[variant].adapter else "lora"
 
     rows = load_rows(cfg.out_dir)
     tests = {(t["dataset"], t["variant"], t["seed"]): t for t in load_rows(cfg.out_dir, "__test")}
     out: list[dict[str, Any]] = []
     for dataset in _list(cfg.datasets):
-        base_q: dict[str, float] = {}
+        base_q: dict[str, dict[str, float]] = {}
         for variant in _list(cfg.variants):
             runs = [r for r in rows if r["dataset"] == dataset and r["variant"] == variant]
             if not runs:
@@ -78,13 +81,13 @@ def summarise(cfg: Any) -> list[dict[str, Any]]:
                 row["test_density"] = statistics.fmean(t["density"] for t in done)
                 row["test_p"] = mcnemar_p(sum(t["only_dense"] for t in done),
                                           sum(t["only_sparse"] for t in done))
-            if "deft" not in variant:
-                base_q[variant] = sel["q"]
+            if VARIANTS[variant].deft is None:
+                base_q.setdefault(family(variant), {})[variant] = sel["q"]
             out.append(row)
-        peft_best = max(base_q.values()) if base_q else None
         for row in out:
-            if row["dataset"] == dataset and "deft" in row["variant"] and peft_best is not None:
-                row["rel_density"] = (1.0 - row["q"]) / max(1.0 - peft_best, 1e-9)
+            peft = base_q.get(family(row["variant"]))
+            if row["dataset"] == dataset and VARIANTS[row["variant"]].deft is not None and peft:
+                row["rel_density"] = (1.0 - row["q"]) / max(1.0 - max(peft.values()), 1e-9)
     return out
 
 
@@ -141,13 +144,15 @@ def figure(cfg: Any, rows: list[dict[str, Any]]) -> Any:
 def write(cfg: Any, command: str) -> dict[str, Path]:
     rows = summarise(cfg)
     notes = [
-        f"MiniLM ({cfg.backbone}), LoRA r8 alpha 16 + trained head; {cfg.max_train_examples} training "
+        f"MiniLM ({cfg.backbone}), LoRA r8 alpha 16 (pfeiffer_*: the Pfeiffer adapter, reduction 16, ReLU) "
+        f"+ trained head; {cfg.max_train_examples} training "
         f"examples (all when fewer), {cfg.max_length} tokens, {cfg.epochs} epochs, batch {cfg.batch_size}, "
         f"lr {cfg.lr:g}, linear schedule; CPU, {cfg.threads} thread(s).",
         f"Thresholds calibrated on {cfg.calib_examples} training examples; rule and q* chosen on validation "
         f"(largest q within {WITHIN:g} point of dense, mean over seeds, and pooled McNemar p >= {ALPHA:g}); "
         "the test split read once at q*.",
-        "rel_density < 0.5 is the goal (DEFT halves the calibrated density of the best PEFT baseline).",
+        "rel_density < 0.5 is the goal (DEFT halves the calibrated density of the best baseline of the same "
+        "PEFT method: LoRA rows against LoRA rows, Pfeiffer against Pfeiffer).",
         f"Command: `{command.strip()}`",
     ]
     return write_report(cfg.out_dir, "sparsity", rows=rows, columns=COLUMNS,
