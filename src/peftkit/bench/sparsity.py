@@ -18,9 +18,9 @@ sparsifier at ``st_q`` calibrated at its start, gradients straight through), ``l
 ``lora_mlp+deft_e1e-2`` (LoRA also on ``mlp_in``, so the density loss moves the pre-activations directly).
 Remedies, not in the paper either: ``lora+deft_thr_st`` (the threshold-aware surrogate
 ``DEFT(centre="threshold", eps=1e-2)``, centred on the per-layer threshold calibrated at the start of the
-sparsity-aware epoch, at ``st_q``, and active only in that epoch); ``lora+deft_e1e-2_w0.1_st`` (DEFT
-weight 0.1); ``lora+deft_e1e-2_late_st`` (DEFT eps 1e-2 only in the sparsity-aware epoch); ``pfeiffer_st`` /
-``pfeiffer+deft_e1e-2_st`` (the Pfeiffer adapter instead of LoRA).
+sparsity-aware epoch, at ``st_q``, and active only in that epoch; ``_w10``: weight 10);
+``lora+deft_e1e-2_w0.1_st`` (DEFT weight 0.1); ``lora+deft_e1e-2_late_st`` (DEFT eps 1e-2 only in the
+sparsity-aware epoch); ``pfeiffer_st`` / ``pfeiffer+deft_e1e-2_st`` (the Pfeiffer adapter instead of LoRA).
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ VARIANTS: dict[str, Variant] = {
     "lora_mlp": Variant(QV_MLP, None, False),
     "lora_mlp+deft_e1e-2": Variant(QV_MLP, (1e-2, 1.0), False),
     "lora+deft_thr_st": Variant(QV, (1e-2, 1.0), True, late=True, centred=True),
+    "lora+deft_thr_w10_st": Variant(QV, (1e-2, 10.0), True, late=True, centred=True),
     "lora+deft_e1e-2_w0.1_st": Variant(QV, (1e-2, 0.1), True),
     "lora+deft_e1e-2_late_st": Variant(QV, (1e-2, 1.0), True, late=True),
     "pfeiffer_st": Variant((), None, True, adapter=True),
