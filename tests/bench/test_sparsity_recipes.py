@@ -63,3 +63,16 @@ def test_deft_rows_are_compared_with_the_same_peft_method(tmp_path):
     assert rel["pfeiffer+deft_e1e-2_st"] == pytest.approx(0.2 / 0.5)   # not 0.2 / 0.1 (LoRA's baseline)
     assert rel["lora+deft_thr_st"] == pytest.approx(0.05 / 0.1)
     assert rel["lora_st"] is None and rel["pfeiffer_st"] is None
+
+
+def test_fixed_threshold_diagnostic_table_and_bad_reference():
+    from peftkit.bench import sparsity_fixed
+    from peftkit.core.errors import ConfigError
+
+    pairs = (("lora_st", 7.1), ("lora+deft", 4.8))
+    rows = [{"dataset": "bbc_news", "seed": 0, "ref": "lora_st", "variant": v, "q_ref": 0.9, "density": d,
+             "dense_acc": 95.0, "acc": 94.0, "agree": 97.0} for v, d in pairs]
+    md = sparsity_fixed.markdown(rows)
+    assert "| lora+deft | 0.90 | 4.8 | 95.0 -> 94.0 | 97.0 |" in md and md.count("\n| lora") == 2
+    with pytest.raises(ConfigError, match="unknown reference variant"):
+        sparsity_fixed.main(["ref=nope"])
