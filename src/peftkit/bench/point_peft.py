@@ -69,7 +69,18 @@ ROWS: dict[str, tuple[str, str, tuple[str, ...], bool]] = {
                    (*CACHED, "train.lr=2.0e-3", "train.eval_split=val"), False),
     "full_lr1e-3": ("full FT, lr 1e-3 (val only)", "full", ("train.lr=1.0e-3", "train.eval_split=val"),
                     False),
+    # remedy B, at remedy A's rate (cached query, lr 1e-3; 1e-3 and 2e-3 tied on val, the smaller change won):
+    # let the frozen features move (the blocks' LayerNorm weights), or more prompt tokens (K = 18 retrieved)
+    "ppc_lr1e-3_norms": ("Point-PEFT cached, lr 1e-3, + LayerNorm weights (val only)", "point_peft",
+                         (*CACHED, "train.lr=1.0e-3", "methods.0.train_block_norm_weights=true",
+                          "train.eval_split=val"), False),
+    "ppc_lr1e-3_p20": ("Point-PEFT cached, lr 1e-3, 20 prompt tokens (val only)", "point_peft",
+                       (*CACHED, "train.lr=1.0e-3", "methods.0.num_prompt_tokens=20", "train.eval_split=val"),
+                       False),
 }
+# a test-reading row that reuses the runs of a val-only selection row with the same config and overrides:
+# its seed-0 run is the selection run (its test split is read once, by `peftkit eval --split test`)
+RUN_OF: dict[str, str] = {}
 BANK_CONFIG = "configs/point/kicad__point_peft.yaml"
 PROBE_L2 = (1e-4, 1e-3, 1e-2, 1e-1)  # grid for the probe's L2 weight, selected on validation
 
@@ -111,7 +122,7 @@ def row_path(out: Path, row: str, seed: int) -> Path:
 def train_args(cfg: BenchConfig, row: str, seed: int) -> list[str]:
     """The ``peftkit train`` arguments of one fine-tuned (row, seed)."""
     _, stem, extra, _ = ROWS[row]
-    run_dir = Path(cfg.runs) / "runs" / f"{row}__s{seed}"
+    run_dir = Path(cfg.runs) / "runs" / f"{RUN_OF.get(row, row)}__s{seed}"
     return [
         f"configs/point/kicad__{stem}.yaml", f"out_dir={run_dir}", f"seed={seed}",
         f"train.epochs={cfg.epochs}", f"train.threads={cfg.threads}", "train.measure_memory=true", *extra,
@@ -150,7 +161,7 @@ def record_from_run(run_dir: Path, row: str, seed: int, args: list[str]) -> dict
 def run_row(cfg: BenchConfig, row: str, seed: int) -> dict[str, Any]:
     """Train one (row, seed) in a fresh process unless its run directory already holds the result."""
     args = train_args(cfg, row, seed)
-    run_dir = Path(cfg.runs) / "runs" / f"{row}__s{seed}"
+    run_dir = Path(cfg.runs) / "runs" / f"{RUN_OF.get(row, row)}__s{seed}"
     if not (run_dir / "metrics.json").is_file():
         env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads), "MKL_NUM_THREADS": str(cfg.threads)}
         t0 = time.time()
