@@ -116,3 +116,16 @@ def test_difference_against_a_deterministic_row() -> None:
     assert d["seeds"] == [0, 1, 2] and d["mean"] == pytest.approx(0.05)
     assert d["ci"] == pytest.approx([0.05 - 4.303 * 0.1 / 3**0.5, 0.05 + 4.303 * 0.1 / 3**0.5], abs=1e-4)
     assert rep.paired(recs, "a", "probe")["seeds"] == [0]              # without it: seed 0 only
+
+
+def test_a_winner_row_reuses_its_selection_runs() -> None:
+    """A test-reading row named in RUN_OF trains exactly as its val-only selection row, in the same run
+    directory (its seed-0 run is the selection run, whose test split is then read once)."""
+    cfg = bench.parse(["seeds=0"])
+    assert bench.RUN_OF
+    for row, sel in bench.RUN_OF.items():
+        assert bench.ROWS[row][1:3] == bench.ROWS[sel][1:3]
+        assert bench.ROWS[row][3] and not bench.ROWS[sel][3]
+        assert "train.eval_split=val" in bench.ROWS[row][2]
+        for seed in (0, 2):
+            assert bench.train_args(cfg, row, seed) == bench.train_args(cfg, sel, seed)

@@ -140,7 +140,8 @@ def figure(rows: list[dict[str, Any]], title: str) -> Any:
     plotted = 0
     for r in rows:
         curves = [c for c in r["curves"] if c]
-        shown = ("full", "point_peft", "point_peft_cached", "head_only", "full_rot", "lora")
+        shown = ("full", "point_peft", "point_peft_cached", "head_only", "lora", "full_lr1e-3_test",
+                 "pp_tuned")
         if curves and r["row"] in shown:
             n = min(len(c) for c in curves)
             mean = [100 * statistics.fmean(c[e] for c in curves) for e in range(n)]
@@ -168,6 +169,15 @@ def report(out: Path, bench: dict[str, Any], overrides: list[str]) -> dict[str, 
             records, "point_peft_cached", "point_peft", "val_last"
         ),
         "Point-PEFT cached query - full FT, test": paired(records, "point_peft_cached", "full"),
+        "Point-PEFT, val-selected recipe - full FT, val-selected lr, test": paired(
+            records, "pp_tuned", "full_lr1e-3_test"
+        ),
+        "Point-PEFT, val-selected recipe - full FT, val-selected lr, val": paired(
+            records, "pp_tuned", "full_lr1e-3_test", "val_last"
+        ),
+        "Point-PEFT, val-selected recipe - full FT (lr 5e-4), test": paired(records, "pp_tuned", "full"),
+        "Point-PEFT, val-selected recipe - Point-PEFT, test": paired(records, "pp_tuned", "point_peft"),
+        "full FT lr 1e-3 - full FT lr 5e-4, test": paired(records, "full_lr1e-3_test", "full"),
         "full FT - linear probe, test": paired(records, "full", "linear_probe", b_constant=True),
         "full FT - linear probe, val": paired(records, "full", "linear_probe", "val_last", b_constant=True),
     }
