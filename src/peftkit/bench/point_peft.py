@@ -80,8 +80,8 @@ ROWS: dict[str, tuple[str, str, tuple[str, ...], bool]] = {
     # Point-PEFT's val-selected recipe (remedy A's cached query at lr 1e-3 + remedy B's LayerNorm weights;
     # 57.2% val against 55.8% without the norms and 51.4% with 20 prompt tokens, seed 0): 3 seeds
     "pp_tuned": ("Point-PEFT, cached query, lr 1e-3, + LayerNorm weights (val-selected)", "point_peft",
-                 (*CACHED, "train.lr=1.0e-3", "methods.0.train_block_norm_weights=true", "train.eval_split=val"),
-                 True),
+                 (*CACHED, "train.lr=1.0e-3", "methods.0.train_block_norm_weights=true",
+                  "train.eval_split=val"), True),
     # full FT at its val-selected rate (lr 1e-3 beat 5e-4 on val, seed 0): 3 seeds, test read once each
     "full_lr1e-3_test": ("full FT, lr 1e-3 (val-selected)", "full",
                          ("train.lr=1.0e-3", "train.eval_split=val"), True),
