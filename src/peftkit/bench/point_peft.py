@@ -82,13 +82,18 @@ ROWS: dict[str, tuple[str, str, tuple[str, ...], bool]] = {
     "pp_tuned": ("Point-PEFT, cached query, lr 1e-3, + LayerNorm weights (val-selected)", "point_peft",
                  (*CACHED, "train.lr=1.0e-3", "methods.0.train_block_norm_weights=true",
                   "train.eval_split=val"), True),
+    # remedy A alone (cached query, lr 1e-3, no LayerNorm weights) at 3 seeds: separates A from B
+    "ppc_lr1e-3_test": ("Point-PEFT, cached query, lr 1e-3 (remedy A alone)", "point_peft",
+                        (*CACHED, "train.lr=1.0e-3", "train.eval_split=val"), True),
     # full FT at its val-selected rate (lr 1e-3 beat 5e-4 on val, seed 0): 3 seeds, test read once each
     "full_lr1e-3_test": ("full FT, lr 1e-3 (val-selected)", "full",
                          ("train.lr=1.0e-3", "train.eval_split=val"), True),
 }
 # a test-reading row that reuses the runs of a val-only selection row with the same config and overrides:
 # its seed-0 run is the selection run (its test split is read once, by `peftkit eval --split test`)
-RUN_OF: dict[str, str] = {"full_lr1e-3_test": "full_lr1e-3", "pp_tuned": "ppc_lr1e-3_norms"}
+RUN_OF: dict[str, str] = {
+    "full_lr1e-3_test": "full_lr1e-3", "pp_tuned": "ppc_lr1e-3_norms", "ppc_lr1e-3_test": "ppc_lr1e-3",
+}
 BANK_CONFIG = "configs/point/kicad__point_peft.yaml"
 PROBE_L2 = (1e-4, 1e-3, 1e-2, 1e-1)  # grid for the probe's L2 weight, selected on validation
 

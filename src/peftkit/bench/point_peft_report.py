@@ -177,6 +177,12 @@ def report(out: Path, bench: dict[str, Any], overrides: list[str]) -> dict[str, 
         ),
         "Point-PEFT, val-selected recipe - full FT (lr 5e-4), test": paired(records, "pp_tuned", "full"),
         "Point-PEFT, val-selected recipe - Point-PEFT, test": paired(records, "pp_tuned", "point_peft"),
+        "Point-PEFT, val-selected recipe - remedy A alone (no LayerNorm weights), test": paired(
+            records, "pp_tuned", "ppc_lr1e-3_test"
+        ),
+        "Point-PEFT remedy A alone - Point-PEFT cached query (lr 5e-4), test": paired(
+            records, "ppc_lr1e-3_test", "point_peft_cached"
+        ),
         "full FT lr 1e-3 - full FT lr 5e-4, test": paired(records, "full_lr1e-3_test", "full"),
         "full FT - linear probe, test": paired(records, "full", "linear_probe", b_constant=True),
         "full FT - linear probe, val": paired(records, "full", "linear_probe", "val_last", b_constant=True),
