@@ -79,6 +79,7 @@ class AccuracyConfig:
     decoder_examples: int = 64                # part=decoder: stratified BBC training articles
     decoder_batch: int = 8
     decoder_lr: float = 1e-3
+    decoder_methods: str = "meft1"            # part=decoder: labels of meft_decoder.DECODER_STACKS
     threads: int = 1
 
 
@@ -241,25 +242,32 @@ def parse(overrides: list[str]) -> AccuracyConfig:
 
 
 def _decoder(cfg: AccuracyConfig) -> int:
-    """part=decoder: one MEFT1 training row (``bench.meft_decoder``), kept in ``rows_dir`` (reused)."""
-    from peftkit.bench.meft_decoder import decoder_train_row
+    """part=decoder: one training row per ``decoder_methods`` label (``bench.meft_decoder``), kept in
+    ``rows_dir`` (rows already there are reused)."""
+    from peftkit.bench.meft_decoder import DECODER_STACKS, decoder_train_row
     from peftkit.core.io import atomic_write_json
 
-    path = Path(cfg.rows_dir) / (f"{cfg.decoder_backbone}_meft1_bf16autocast_n{cfg.decoder_examples}"
-                                 f"_t{cfg.max_length}_e{cfg.epochs}_s{cfg.sweep_seed}.json")
-    if path.exists():
-        row = json.loads(path.read_text())
-    else:
-        row = decoder_train_row(cfg.decoder_backbone, cfg.decoder_examples, cfg.max_length, cfg.decoder_batch,
-                                cfg.epochs, cfg.decoder_lr, seed=cfg.sweep_seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, row)
-    losses = row["losses"]
-    print(f"{row['backbone']} MEFT1 bf16 autocast: {row['steps']} steps, loss {losses[0]:.3f} -> "
-          f"{losses[-1]:.3f}; val loss {row['val_before']['loss']:.3f} -> {row['val_after']['loss']:.3f}, "
-          f"val acc {row['val_before']['accuracy']:.3f} -> {row['val_after']['accuracy']:.3f}; worst "
-          f"reconstruction {max(row['worst_reconstruction']):.2e} (steps over tolerance: "
-          f"{row['steps_over_tolerance']}); {row['train_time_s']:.0f} s; wrote {path}", flush=True)
+    for method in cfg.decoder_methods.split(","):
+        if method not in DECODER_STACKS:
+            raise ConfigError(f"decoder_methods: unknown '{method}'; choose from {', '.join(DECODER_STACKS)}")
+    for method in cfg.decoder_methods.split(","):
+        path = Path(cfg.rows_dir) / (f"{cfg.decoder_backbone}_{method}_bf16autocast_n{cfg.decoder_examples}"
+                                     f"_t{cfg.max_length}_e{cfg.epochs}_s{cfg.sweep_seed}.json")
+        if path.exists():
+            row = json.loads(path.read_text())
+        else:
+            row = decoder_train_row(cfg.decoder_backbone, cfg.decoder_examples, cfg.max_length,
+                                    cfg.decoder_batch, cfg.epochs, cfg.decoder_lr, seed=cfg.sweep_seed,
+                                    method=method)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, row)
+        losses, worst = row["losses"], row["worst_reconstruction"]
+        print(f"{row['backbone']} {method} bf16 autocast: {row['steps']} steps, loss {losses[0]:.3f} -> "
+              f"{losses[-1]:.3f}; val loss {row['val_before']['loss']:.3f} -> "
+              f"{row['val_after']['loss']:.3f}, "
+              f"val acc {row['val_before']['accuracy']:.3f} -> {row['val_after']['accuracy']:.3f}; worst "
+              f"reconstruction {max(worst or [0.0]):.2e} (steps over tolerance: "
+              f"{row['steps_over_tolerance']}); {row['train_time_s']:.0f} s; wrote {path}", flush=True)
     return 0
 
 

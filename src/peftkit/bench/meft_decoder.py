@@ -43,10 +43,19 @@ def _val(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> dict[str, 
     return {"loss": loss / n, "accuracy": right / n}
 
 
+# label -> method stack: the defaults, a wider calibration margin, and LoRA as the same loop's baseline
+DECODER_STACKS: dict[str, list[dict[str, Any]]] = {
+    "meft1": [{"name": "meft", "variant": "meft1"}],
+    "meft1_margin16": [{"name": "meft", "variant": "meft1", "calibration_margin": 16.0}],
+    "lora": [{"name": "lora", "rank": 8, "alpha": 16}],
+}
+
+
 def decoder_train_row(backbone: str = "smollm2", examples: int = 64, max_length: int = 64,
                       batch_size: int = 8, epochs: int = 1, lr: float = 1e-3, val_examples: int = 64,
-                      seed: int = 0) -> dict[str, Any]:
-    """Train MEFT1 (defaults) on ``examples`` stratified BBC articles; see the module docstring.
+                      seed: int = 0, method: str = "meft1") -> dict[str, Any]:
+    """Train ``DECODER_STACKS[method]`` (MEFT1 with the defaults unless told) on ``examples`` stratified BBC
+    articles; see the module docstring.
 
     Returns:
         A JSON-able row: losses, worst reconstruction error and anchor count per step, validation loss and
@@ -60,11 +69,11 @@ def decoder_train_row(backbone: str = "smollm2", examples: int = 64, max_length:
     rc = config_from_dict_tree({
         "out_dir": "runs/unused", "seed": seed, "backbone": {"name": backbone, "task": "classification"},
         "data": {"name": "bbc_news", "max_length": max_length, "max_train_examples": examples},
-        "methods": [{"name": "meft", "variant": "meft1"}]})
+        "methods": DECODER_STACKS[method]})
     seed_everything(seed)
     data = build_data(rc)
     model = build_model(rc, data).train()
-    stack = find_stack(model)
+    stack = find_stack(model) if method.startswith("meft") else None
     val_items = [data.val[i] for i in range(min(val_examples, len(data.val)))]
     val_batches = [data.collate(val_items[i: i + 16]) for i in range(0, len(val_items), 16)]
     before = _val(model, val_batches)
@@ -94,17 +103,20 @@ def decoder_train_row(backbone: str = "smollm2", examples: int = 64, max_length:
             opt.step()
             opt.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
-            worst.append(max(stack.last_reconstruction_error or [0.0]))
-            anchors.append(len(stack.anchors) if stack.anchors is not None else None)
+            if stack is not None:
+                worst.append(max(stack.last_reconstruction_error or [0.0]))
+                anchors.append(len(stack.anchors) if stack.anchors is not None else None)
             step += 1
     seconds = time.perf_counter() - t0
     after = _val(model, val_batches)
-    return {"backbone": backbone, "method": "MEFT1 (defaults)", "mode": "bf16 autocast, fp32 weights",
+    tol = stack.tolerance if stack is not None else None
+    return {"backbone": backbone, "method": method, "stack": DECODER_STACKS[method],
+            "mode": "bf16 autocast, fp32 weights",
             "scale": {"examples": examples, "max_length": max_length, "batch_size": batch_size,
                       "epochs": epochs, "lr": lr, "val_examples": len(val_items), "seed": seed,
                       "threads": torch.get_num_threads()},
             "steps": step, "losses": losses, "worst_reconstruction": worst, "anchors": anchors,
-            "final_anchors": sorted(stack.anchors or []), "tolerance": stack.tolerance,
-            "steps_over_tolerance": sum(e > stack.tolerance for e in worst), "warnings": caught,
+            "final_anchors": sorted(stack.anchors or []) if stack is not None else None, "tolerance": tol,
+            "steps_over_tolerance": sum(e > tol for e in worst) if tol else None, "warnings": caught,
             "val_before": before, "val_after": after,
             "train_time_s": seconds, "cpu": platform.processor() or platform.machine()}
