@@ -9,12 +9,14 @@ split? A density loss that moves activations under the thresholds shows up as a 
     density_v(q) = mean over layers l of P_val(|a_l^v| >= tau_l^ref(q))      (valid tokens)
 
 Reads the stored adapters of the bench (``runs_dir``) for one dataset and seed; writes
-``OUT/fixed_thresholds__<dataset>__s<seed>.{json,md}``. Run:
+``OUT/fixed_thresholds__<dataset>__s<seed>.{json,md}`` (rows of other variants at the same reference already
+there are kept). Run:
 ``python -m peftkit.bench.sparsity_fixed datasets=bbc_news variants=lora_st,lora+deft_thr_st seed0=0``.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -87,8 +89,13 @@ def main(overrides: list[str]) -> int:
         raise ConfigError(f"sparsity_fixed: unknown reference variant {ref!r}; variants {list(VARIANTS)}")
     torch.set_num_threads(cfg.threads)
     for dataset in _list(cfg.datasets):
-        rows = fixed_rows(cfg, dataset, cfg.seed0, ref, _list(cfg.variants))
         stem = Path(cfg.out_dir) / f"fixed_thresholds__{dataset}__s{cfg.seed0}"
+        new = fixed_rows(cfg, dataset, cfg.seed0, ref, _list(cfg.variants))
+        path = stem.with_suffix(".json")
+        old = json.loads(path.read_text())["rows"] if path.is_file() else []
+        done = {r["variant"] for r in new}  # rows of other variants at the same reference are kept
+        rows = [r for r in old if r["ref"] == ref and r["variant"] not in done] + new
+        rows.sort(key=lambda r: r["variant"] != ref)  # the reference first, the rest in their order
         atomic_write_json(stem.with_suffix(".json"), {"rows": rows, "command": " ".join(overrides)})
         atomic_write_text(stem.with_suffix(".md"), markdown(rows))
         print(markdown(rows), flush=True)
