@@ -180,6 +180,13 @@ def report(out: Path, bench: dict[str, Any], overrides: list[str]) -> dict[str, 
         "Point-PEFT, val-selected recipe - remedy A alone (no LayerNorm weights), test": paired(
             records, "pp_tuned", "ppc_lr1e-3_test"
         ),
+        "Point-PEFT remedy A alone - full FT, val-selected lr, test": paired(
+            records, "ppc_lr1e-3_test", "full_lr1e-3_test"
+        ),
+        "Point-PEFT remedy A alone - full FT, val-selected lr, val": paired(
+            records, "ppc_lr1e-3_test", "full_lr1e-3_test", "val_last"
+        ),
+        "Point-PEFT remedy A alone - Point-PEFT, test": paired(records, "ppc_lr1e-3_test", "point_peft"),
         "Point-PEFT remedy A alone - Point-PEFT cached query (lr 5e-4), test": paired(
             records, "ppc_lr1e-3_test", "point_peft_cached"
         ),
