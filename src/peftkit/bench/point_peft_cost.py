@@ -34,6 +34,7 @@ from peftkit.core.io import atomic_write_json, atomic_write_text
 CACHED = ("data.example_index=true", "methods.0.cache_query=true")
 CKPT_ADAPTER = ("methods.0.checkpoint_adapter=true",)
 CKPT_BLOCKS = ("methods.0.checkpoint_blocks=true",)
+CKPT_ATTN = ("methods.0.checkpoint_attention=true",)
 # row -> (config stem under configs/point/kicad__*.yaml, overrides)
 ROWS: dict[str, tuple[str, tuple[str, ...]]] = {
     "full": ("full", ()),
@@ -47,6 +48,8 @@ ROWS: dict[str, tuple[str, tuple[str, ...]]] = {
     "pp_ckpt_both": ("point_peft", (*CKPT_ADAPTER, *CKPT_BLOCKS)),
     "pp_cached_ckpt_adapter": ("point_peft", (*CACHED, *CKPT_ADAPTER)),
     "pp_cached_ckpt_both": ("point_peft", (*CACHED, *CKPT_ADAPTER, *CKPT_BLOCKS)),
+    "pp_ckpt_adapter_attn": ("point_peft", (*CKPT_ADAPTER, *CKPT_ATTN)),
+    "pp_cached_ckpt_adapter_attn": ("point_peft", (*CACHED, *CKPT_ADAPTER, *CKPT_ATTN)),
 }
 
 
@@ -55,7 +58,7 @@ class CostConfig:
     out_dir: str = "docs/results/point_peft"
     rows: str = (
         "full,point_peft,point_peft_cached,no_bank,head_only,pp_ckpt_adapter,pp_ckpt_blocks,pp_ckpt_both,"
-        "pp_cached_ckpt_adapter,pp_cached_ckpt_both"
+        "pp_cached_ckpt_adapter,pp_cached_ckpt_both,pp_ckpt_adapter_attn,pp_cached_ckpt_adapter_attn"
     )
     batch: int = 32
     rounds: int = 5

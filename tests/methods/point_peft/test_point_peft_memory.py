@@ -17,7 +17,8 @@ from peftkit.methods.point_peft.bank import QueryEncoder, save_bank
 NUM_LABELS = 5
 
 OPTIONS = [{"checkpoint_adapter": True}, {"checkpoint_blocks": True},
-           {"checkpoint_adapter": True, "checkpoint_blocks": True}]
+           {"checkpoint_adapter": True, "checkpoint_blocks": True},
+           {"checkpoint_adapter": True, "checkpoint_attention": True}]
 
 
 def tiny() -> torch.nn.Module:
@@ -56,7 +57,7 @@ def _step(model: torch.nn.Module) -> tuple[torch.Tensor, dict[str, torch.Tensor]
     return loss.detach(), grads
 
 
-@pytest.mark.parametrize("kw", OPTIONS, ids=["adapter", "blocks", "both"])
+@pytest.mark.parametrize("kw", OPTIONS, ids=["adapter", "blocks", "both", "adapter+attention"])
 def test_recomputation_gives_the_same_loss_grads_and_statistics(bank, kw):
     ref_model, model = _built(bank), _built(bank, **kw)
     ref_loss, ref_grads = _step(ref_model)
@@ -82,6 +83,9 @@ def test_recomputation_lowers_the_step_peak(bank):
     assert peaks["adapter"] < 0.8 * peaks["none"]
     assert peaks["blocks"] < peaks["none"]
     assert peaks["both"] < min(peaks["adapter"], peaks["blocks"])
+    model = _built(bank, **OPTIONS[3])
+    _step(model)
+    assert peaks["both"] <= step_peak(lambda: _step(model)).peak_bytes < peaks["adapter"]
 
 
 def test_eval_and_remove(bank):
@@ -94,13 +98,17 @@ def test_eval_and_remove(bank):
     assert all(blk.checkpoint for blk in model.blocks)
     restored = pk.remove(model)
     assert not any(blk.checkpoint for blk in restored.blocks)
+    model = pk.remove(_built(bank, **OPTIONS[3]))
+    assert not any(blk.checkpoint_attn for blk in model.blocks)
 
 
 def test_checkpoint_blocks_needs_the_point_mae_block(bank):
     model = tiny()
-    del model.blocks[0].checkpoint
+    del model.blocks[0].checkpoint, model.blocks[1].checkpoint_attn
     with pytest.raises(UnsupportedError, match="checkpoint_blocks"):
         pk.apply(model, [cfg(bank, prompt_layers=1, checkpoint_blocks=True)])
+    with pytest.raises(UnsupportedError, match="checkpoint_attention"):
+        pk.apply(model, [cfg(bank, prompt_layers=1, checkpoint_attention=True)])
 
 
 def test_block_norm_weights_train(bank):

@@ -61,8 +61,10 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
         self.drop_path = DropPath(drop_path)
         # activation checkpointing: keep only the block's input for backward and recompute attention and MLP
-        # (and what hooks on its sub-modules add) there; forward pre/post hooks of the block stay outside
+        # (and what hooks on its sub-modules add) there; forward pre/post hooks of the block stay outside.
+        # checkpoint_attn: the same for the attention branch only (LN1, attention, its DropPath).
         self.checkpoint = False
+        self.checkpoint_attn = False
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, geom: PointGeometry | None = None) -> torch.Tensor:
         if self.checkpoint and torch.is_grad_enabled():
@@ -71,8 +73,14 @@ class Block(nn.Module):
 
     def _body(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         h = x + pos
-        h = h + self.drop_path(self.attn(self.norm1(h)))
+        if self.checkpoint_attn and not self.checkpoint and torch.is_grad_enabled():
+            h = h + checkpoint(self._attn_branch, h, use_reentrant=False)
+        else:
+            h = h + self._attn_branch(h)
         return h + self.drop_path(self.mlp(self.norm2(h)))
+
+    def _attn_branch(self, h: torch.Tensor) -> torch.Tensor:
+        return self.drop_path(self.attn(self.norm1(h)))
 
 
 def init_weights(module: nn.Module) -> None:

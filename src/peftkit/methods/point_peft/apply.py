@@ -96,8 +96,9 @@ def apply_point_peft(model: nn.Module, spec: BackboneSpec, config: PointPEFT) ->
     depth = len(blocks)
     if config.use_prompt and config.prompt_layers > depth:
         raise ConfigError(f"prompt_layers={config.prompt_layers} but the backbone has {depth} blocks")
-    if config.checkpoint_blocks and not all(isinstance(getattr(b, "checkpoint", None), bool) for b in blocks):
-        raise UnsupportedError("checkpoint_blocks needs point_mae's Block (a `checkpoint` switch)")
+    for flag, attr in (("checkpoint_blocks", "checkpoint"), ("checkpoint_attention", "checkpoint_attn")):
+        if getattr(config, flag) and not all(isinstance(getattr(b, attr, None), bool) for b in blocks):
+            raise UnsupportedError(f"{flag} needs point_mae's Block (a `{attr}` switch)")
     dim = int(model.get_submodule(spec.model_role("final_norm")).normalized_shape[0])
     shared = PointPEFTShared(
         dim,
@@ -138,10 +139,12 @@ def apply_point_peft(model: nn.Module, spec: BackboneSpec, config: PointPEFT) ->
             hook = after_block_hook(layer, shared, last=i == last_hooked,
                                     checkpoint_adapter=config.checkpoint_adapter)
             record.on_undo(blk.register_forward_hook(hook, with_kwargs=True).remove)
-    if config.checkpoint_blocks:
-        for blk in blocks:
-            record.on_undo(lambda blk=blk, before=blk.checkpoint: setattr(blk, "checkpoint", before))
-            blk.checkpoint = True
+    for flag, attr in (("checkpoint_blocks", "checkpoint"), ("checkpoint_attention", "checkpoint_attn")):
+        if getattr(config, flag):
+            for blk in blocks:
+                before = getattr(blk, attr)
+                record.on_undo(lambda blk=blk, attr=attr, before=before: setattr(blk, attr, before))
+                setattr(blk, attr, True)
     if hasattr(model, "freeze_bn_stats"):
         before = model.freeze_bn_stats
         model.freeze_bn_stats = config.freeze_encoder_bn

@@ -59,6 +59,7 @@ class PointPEFT:
     # ---- memory options (not in the paper; same loss and gradients, less memory, more compute) ----
     checkpoint_adapter: bool = False  # recompute each GA-Adapter (local attention on m*k tokens) in backward
     checkpoint_blocks: bool = False   # recompute each frozen block's attention and MLP in backward
+    checkpoint_attention: bool = False  # recompute each frozen block's attention branch only in backward
 
     def __post_init__(self) -> None:
         positive = {
