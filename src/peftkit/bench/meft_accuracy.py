@@ -252,7 +252,8 @@ def _decoder(cfg: AccuracyConfig) -> int:
             raise ConfigError(f"decoder_methods: unknown '{method}'; choose from {', '.join(DECODER_STACKS)}")
     for method in cfg.decoder_methods.split(","):
         path = Path(cfg.rows_dir) / (f"{cfg.decoder_backbone}_{method}_bf16autocast_n{cfg.decoder_examples}"
-                                     f"_t{cfg.max_length}_e{cfg.epochs}_s{cfg.sweep_seed}.json")
+                                     f"_t{cfg.max_length}_e{cfg.epochs}_s{cfg.sweep_seed}"
+                                     + ("" if cfg.decoder_lr == 1e-3 else f"_lr{cfg.decoder_lr:g}") + ".json")
         if path.exists():
             row = json.loads(path.read_text())
         else:
