@@ -143,3 +143,10 @@ def test_depth_tradeoff_anchors_cost_memory_and_buy_exact_gradients(tmp_path: An
     assert by[1e-3]["anchors"] and by[0]["anchors"] == []
     assert by[1e-3]["peak_bytes"] > by[0]["peak_bytes"]
     assert len(list(tmp_path.glob("*.json"))) == 2
+
+
+def test_decoder_part_rejects_an_unknown_method(tmp_path: Any) -> None:
+    cfg = acc.parse(["part=decoder", "decoder_methods=meft1,nope", f"rows_dir={tmp_path}"])
+    with pytest.raises(pk.ConfigError, match="decoder_methods"):
+        acc._decoder(cfg)
+    assert list(tmp_path.iterdir()) == []  # nothing trained, nothing written
