@@ -13,6 +13,8 @@ BENCHES: dict[str, tuple[str, str]] = {
     "density": ("peftkit.bench.density", "activation density of a saved run (fp32 and bf16)"),
     "sparsity": ("peftkit.bench.sparsity",
                  "calibrated activation sparsity: PEFT vs PEFT + DEFT Pareto (accuracy vs MLP density)"),
+    "sparsity_fixed": ("peftkit.bench.sparsity_fixed",
+                       "diagnostic: every sparsity-bench model at one reference model's fixed thresholds"),
     "sparse_speed": ("peftkit.bench.sparse_speed", "sparse MLP vs dense: MLP-only and end-to-end latency"),
     "ops": ("peftkit.bench.point_ops", "speed of FPS / kNN / grouping / Chamfer at the papers' sizes"),
     "point": ("peftkit.bench.point",

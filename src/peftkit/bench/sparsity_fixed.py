@@ -11,7 +11,7 @@ split? A density loss that moves activations under the thresholds shows up as a 
 Reads the stored adapters of the bench (``runs_dir``) for one dataset and seed; writes
 ``OUT/fixed_thresholds__<dataset>__s<seed>.{json,md}`` (rows of other variants at the same reference already
 there are kept). Run:
-``python -m peftkit.bench.sparsity_fixed datasets=bbc_news variants=lora_st,lora+deft_thr_st seed0=0``.
+``peftkit bench sparsity_fixed datasets=bbc_news variants=lora_st,lora+deft_thr_st seed0=0``.
 """
 
 from __future__ import annotations
@@ -83,6 +83,8 @@ def main(overrides: list[str]) -> int:
     from peftkit.core.errors import ConfigError
     from peftkit.core.io import atomic_write_json, atomic_write_text
 
+    if any(o in ("-h", "--help") for o in overrides):
+        print("peftkit bench sparsity_fixed [ref=VARIANT (default lora_st)] [sparsity bench key=value ...]")
     ref = next((o.split("=", 1)[1] for o in overrides if o.startswith("ref=")), "lora_st")
     cfg = parse([o for o in overrides if not o.startswith("ref=")])
     if ref not in VARIANTS:
