@@ -62,6 +62,7 @@ class AccuracyConfig:
     out_dir: str = "runs/bench_meft_accuracy"
     data: str = "bbc_news"                    # bbc_news | drug_reviews (set rows_dir to match)
     rows_dir: str = "docs/results/meft_rows/bbc_minilm"  # one JSON per run (kept in the repository)
+    backbone: str = "minilm"                  # part=train: a registered text backbone (e.g. via --import)
     rows: str = "all"                         # ";"-separated labels of GRIDS or REMEDIES (all = GRIDS)
     seeds: str = "0,1,2"                      # final runs ("" = the validation sweep only)
     sweep_seed: int = 0
@@ -97,7 +98,7 @@ def run_config(cfg: AccuracyConfig, label: str, lr: float, seed: int, eval_split
     methods, _ = ALL_ROWS[label]
     return config_from_dict_tree({
         "out_dir": f"{cfg.out_dir}/{run_key(eval_split, label, lr, seed)}", "seed": seed,
-        "backbone": {"name": "minilm", "task": "classification"},
+        "backbone": {"name": cfg.backbone, "task": "classification"},
         "data": {"name": cfg.data, "max_length": cfg.max_length,
                  "max_train_examples": cfg.max_train_examples},
         "methods": [dict(m) for m in methods],
@@ -109,7 +110,8 @@ def run_config(cfg: AccuracyConfig, label: str, lr: float, seed: int, eval_split
 def scale(cfg: AccuracyConfig) -> dict[str, Any]:
     out = {"max_train_examples": cfg.max_train_examples, "max_length": cfg.max_length, "epochs": cfg.epochs,
            "batch_size": cfg.batch_size, "threads": cfg.threads}
-    return out if cfg.data == "bbc_news" else {**out, "data": cfg.data}
+    out = out if cfg.data == "bbc_news" else {**out, "data": cfg.data}
+    return out if cfg.backbone == "minilm" else {**out, "backbone": cfg.backbone}
 
 
 def _run(cfg: AccuracyConfig, phase: str, label: str, lr: float, seed: int) -> dict[str, Any]:

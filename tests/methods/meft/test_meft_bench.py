@@ -86,6 +86,13 @@ def test_accuracy_stored_rows_are_reused(tmp_path: Any) -> None:
     assert acc.train_rows(other, run_missing=False) == ([], {}, [])  # another scale: not mixed in
 
 
+def test_accuracy_backbone_option_names_the_backbone_and_keys_the_rows() -> None:
+    other = acc.AccuracyConfig(backbone="tiny_bert")
+    assert acc.run_config(other, "LoRA r=8", 1e-3, 0, "val").backbone.name == "tiny_bert"
+    assert acc.scale(other)["backbone"] == "tiny_bert"  # rows of another backbone are never mixed in
+    assert "backbone" not in acc.scale(acc.AccuracyConfig())  # MiniLM's stored rows keep their key
+
+
 @pytest.mark.parametrize("bad", [["nope=1"], ["depths"], ["batch_size=x"]])
 def test_sweep_bad_overrides(bad: list[str]) -> None:
     with pytest.raises(pk.ConfigError):
