@@ -53,7 +53,8 @@ def tradeoff_row(arch: str, depth: int, length: int, batch_size: int, variant: s
                  tolerance: float) -> dict[str, Any]:
     """One (variant, tolerance, depth) row; see the module docstring."""
     import peftkit as pk
-    from peftkit.bench.memory import StepSpec, default_loss_for, model_inputs, synthetic_batch
+    from peftkit.bench.memory import StepSpec, synthetic_batch
+    from peftkit.bench.memory_live import adamw_step
     from peftkit.bench.random_bert import VOCAB, build_bench_bert
     from peftkit.measure import step_peak
     from peftkit.methods.meft.apply import find_stack
@@ -64,13 +65,7 @@ def tradeoff_row(arch: str, depth: int, length: int, batch_size: int, variant: s
     model = pk.apply(build_bench_bert(num_labels=5, arch=arch, layers=depth), meft).train()
     batch = synthetic_batch(StepSpec(backbone="bench_bert", methods=[], batch_size=batch_size,
                                      seq_len=length), VOCAB)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    loss_fn = default_loss_for(model)
-
-    def step() -> None:
-        loss_fn(model(**model_inputs(batch)), batch).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    step = adamw_step(model, batch)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # no anchors: the check warns, by design

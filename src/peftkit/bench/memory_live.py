@@ -17,6 +17,7 @@ import dataclasses
 import gc
 import json
 import platform
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +40,10 @@ def row_key(arch: str, depth: int, length: int, batch: int, method: str, device:
     return f"{arch}_L{depth}_T{length}_B{batch}_{slug}_{device}"
 
 
-def measure_live(cfg: Any, arch: str, depth: int, length: int, method: str, device: str) -> dict[str, Any]:
-    """One row: the live-byte peak of one step of ``method`` (see the module docstring)."""
+def adamw_step(model: torch.nn.Module, batch: dict[str, Any]) -> Callable[[], None]:
+    """One training step of ``model`` on ``batch``: loss, backward, AdamW (lr 1e-4) on what trains."""
     from peftkit.bench.memory import default_loss_for, model_inputs
-    from peftkit.bench.memory_sweep import build
-    from peftkit.measure import step_peak
 
-    model, batch = build(cfg, method, arch, depth, length)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     loss_fn = default_loss_for(model)
 
@@ -53,6 +51,17 @@ def measure_live(cfg: Any, arch: str, depth: int, length: int, method: str, devi
         loss_fn(model(**model_inputs(batch)), batch).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def measure_live(cfg: Any, arch: str, depth: int, length: int, method: str, device: str) -> dict[str, Any]:
+    """One row: the live-byte peak of one step of ``method`` (see the module docstring)."""
+    from peftkit.bench.memory_sweep import build
+    from peftkit.measure import step_peak
+
+    model, batch = build(cfg, method, arch, depth, length)
+    step = adamw_step(model, batch)
 
     step()  # warm-up: optimiser state, MEFT's anchor calibration
     res = step_peak(step, device)

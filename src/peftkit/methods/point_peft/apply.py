@@ -52,23 +52,26 @@ def _bank_for(model: nn.Module, config: PointPEFT, dim: int) -> PointPriorBank |
     return PointPriorBank(features, encoder, config.top_k, norms)
 
 
+def _role_params(model: nn.Module, spec: BackboneSpec, roles: tuple[str, ...],
+                 attr: str) -> list[nn.Parameter]:
+    """The ``attr`` parameter (``bias`` / ``weight``) of every module in ``roles`` that has one."""
+    out: list[nn.Parameter] = []
+    for role in roles:
+        if spec.has_role(role):
+            for path in spec.role_paths(model, role):
+                p = getattr(model.get_submodule(path), attr, None)
+                if isinstance(p, nn.Parameter):
+                    out.append(p)
+    return out
+
+
 def _base_params(model: nn.Module, spec: BackboneSpec, config: PointPEFT) -> list[nn.Parameter]:
     """The backbone parameters the reference trains besides the new modules (the head is core's)."""
     out: list[nn.Parameter] = []
     if config.train_block_biases:
-        for role in BIAS_ROLES:
-            if spec.has_role(role):
-                for path in spec.role_paths(model, role):
-                    bias = getattr(model.get_submodule(path), "bias", None)
-                    if isinstance(bias, nn.Parameter):
-                        out.append(bias)
+        out.extend(_role_params(model, spec, BIAS_ROLES, "bias"))
     if config.train_block_norm_weights:
-        for role in NORM_ROLES:
-            if spec.has_role(role):
-                for path in spec.role_paths(model, role):
-                    weight = getattr(model.get_submodule(path), "weight", None)
-                    if isinstance(weight, nn.Parameter):
-                        out.append(weight)
+        out.extend(_role_params(model, spec, NORM_ROLES, "weight"))
     if config.train_final_norm:
         out.extend(model.get_submodule(spec.model_role("final_norm")).parameters())
     if config.train_cls:
