@@ -224,7 +224,9 @@ def summarise(final: list[dict[str, Any]], sweep: list[dict[str, Any]],
         rs = [r for r in final if r["label"] == label]
         row: dict[str, Any] = {"label": label, "lr": lr, "seeds": len(rs), "sweep": {
             f"{r['lr']:g}": r.get("eval/accuracy") for r in sweep if r["label"] == label}}
-        for key in ("eval/accuracy", "eval/macro_f1", "step_time_s"):
+        for r in rs:
+            r["val_last"] = r["val_curve"][-1] if r.get("val_curve") else None
+        for key in ("eval/accuracy", "eval/macro_f1", "step_time_s", "val_last"):
             vals = [r[key] for r in rs if r.get(key) is not None]
             if vals:
                 row[key] = statistics.fmean(vals)
@@ -233,6 +235,27 @@ def summarise(final: list[dict[str, Any]], sweep: list[dict[str, Any]],
             row.update(trainable_params=rs[0].get("trainable_params"),
                        trainable_pct=rs[0].get("trainable_pct"))
         out.append(row)
+    return out
+
+
+REFERENCES = ("LoRA r=8", "full FT")  # the baselines each row is compared with, paired over seeds
+
+
+def paired_rows(final: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every row minus each reference of ``REFERENCES`` present, paired over the seeds both have, on test
+    accuracy and on the validation accuracy after the last epoch (``bench.report.paired_diff``)."""
+    from peftkit.bench.report import paired_diff
+
+    labels = list(dict.fromkeys(r["label"] for r in final))
+    out = []
+    for ref in (x for x in REFERENCES if x in labels):
+        for label in (x for x in labels if x != ref):
+            row: dict[str, Any] = {"label": label, "reference": ref}
+            for key, name in (("eval/accuracy", "test"), ("val_last", "val")):
+                per = {lab: {r["seed"]: r[key] for r in final if r["label"] == lab and r.get(key) is not None}
+                       for lab in (label, ref)}
+                row[name] = paired_diff(per[label], per[ref])
+            out.append(row)
     return out
 
 
@@ -288,8 +311,9 @@ def main(overrides: list[str]) -> int:
         return _decoder(cfg)
     if cfg.part in ("train", "report"):
         sweep, chosen, final = train_rows(cfg, run_missing=cfg.part == "train")
-        paths = meft_report.write_accuracy(cfg, summarise(final, sweep, chosen), sweep + final,
-                                           time.perf_counter() - t0, command)
+        rows = summarise(final, sweep, chosen)
+        paths = meft_report.write_accuracy(cfg, rows, sweep + final, time.perf_counter() - t0, command,
+                                           paired_rows(final))
     else:
         from peftkit.bench import meft_numerics as num
 

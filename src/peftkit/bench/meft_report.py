@@ -165,29 +165,55 @@ def _pm(key: str, pct: bool = True) -> Any:
     return fmt
 
 
+def _diff_txt(d: dict[str, Any] | None) -> str:
+    if d is None:
+        return "–"
+    ci = "" if d["ci"] is None else f" [{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}]"
+    return f"{100 * d['mean']:+.1f}{ci}"
+
+
+def paired_lines(paired: Sequence[dict[str, Any]]) -> list[str]:
+    """Markdown table of paired differences (points, 95% t-interval) on test and on last-epoch val."""
+    if not paired:
+        return []
+    lines = ["| method | minus | seeds | test: mean [95% CI] | val (last epoch): mean [95% CI] |",
+             "|:---|:---|---:|---:|---:|"]
+    for p in paired:
+        n = len(p["test"]["seeds"]) if p["test"] else 0
+        lines.append(f"| {p['label']} | {p['reference']} | {n} | {_diff_txt(p['test'])} | "
+                     f"{_diff_txt(p['val'])} |")
+    return lines
+
+
 def write_accuracy(cfg: Any, rows: list[dict[str, Any]], runs: list[dict[str, Any]], seconds: float,
-                   command: str) -> list[Path]:
+                   command: str, paired: Sequence[dict[str, Any]] = ()) -> list[Path]:
     """OUT/meft_accuracy.{json,md,png}: test accuracy (mean ± std over seeds) at each method's learning
-    rate selected on validation, with the sweep's validation accuracies."""
+    rate selected on validation, with the sweep's validation accuracies, the final runs' validation accuracy
+    after the last epoch, and the paired differences against LoRA and full FT (``paired``)."""
     for r in rows:
+        r["val_txt"] = _pm("val_last")(r)
         r["acc"] = _pm("eval/accuracy")(r)
         r["f1"] = _pm("eval/macro_f1")(r)
         r["sweep_txt"] = ", ".join(f"{lr}: {100 * v:.1f}" for lr, v in r["sweep"].items() if v is not None)
     cols = [Column("label", "method"), Column("sweep_txt", "val accuracy % per lr (seed 0)"),
             Column("lr", "selected lr", lambda v: f"{v:g}"), Column("seeds", "seeds"),
-            Column("acc", "test accuracy %"), Column("f1", "test macro-F1 %"),
+            Column("val_txt", "val accuracy % (last epoch)"), Column("acc", "test accuracy %"),
+            Column("f1", "test macro-F1 %"),
             Column("trainable_params", "trainable", fmt_int), Column("trainable_pct", "trainable %", fmt_pct)]
     notes = [f"device: CPU ({platform.processor() or platform.machine()}), no GPU",
-             f"{cfg.data}, MiniLM (all-MiniLM-L6-v2): {cfg.max_train_examples} stratified training examples, "
+             f"{cfg.data}, {cfg.backbone}: {cfg.max_train_examples} stratified training examples, "
              f"max_length {cfg.max_length}, {cfg.epochs} epochs, batch {cfg.batch_size}, linear schedule, 6% "
              f"warm-up, {cfg.threads} thread(s)",
              f"learning rate selected on the validation split (seed {cfg.sweep_seed}); the test split read "
              f"once per final run; final seeds {cfg.seeds}",
              f"command: `{command}`", f"wall time {seconds:.0f} s (runs already stored are not rerun)"]
+    footer = (["Paired differences (points; 95% Student-t interval over the common seeds):", "",
+               *paired_lines(paired)] if paired else [])
     fig = bar_panels([r for r in rows if "eval/accuracy" in r], "label",
-                     [Panel("eval/accuracy", "test accuracy", fmt_frac_pct)], title=f"MiniLM + {cfg.data}")
+                     [Panel("eval/accuracy", "test accuracy", fmt_frac_pct)],
+                     title=f"{cfg.backbone} + {cfg.data}")
     return [write_report(cfg.out_dir, "meft_accuracy", rows=rows, columns=cols, notes=notes, figure=fig,
-                         meta={"config": vars(cfg), "runs": runs},
+                         meta={"config": vars(cfg), "runs": runs, "paired": list(paired)}, footer=footer,
                          title=f"MEFT vs full FT / LoRA / Pfeiffer adapter, {cfg.data} (CPU, reduced scale)",
                          )["md"]]
 

@@ -15,10 +15,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from peftkit.bench.report import paired_diff
 from peftkit.core.io import atomic_write, atomic_write_json, atomic_write_text
-
-# two-sided 95% Student-t quantiles t_{0.975, df}
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def load_rows(out: Path) -> list[dict[str, Any]]:
@@ -70,16 +68,7 @@ def paired(
     if b_constant and len(vb) == 1:
         only = next(iter(vb.values()))
         vb = {s: only for s in va}
-    seeds = sorted(set(va) & set(vb))
-    if not seeds:
-        return None
-    d = [va[s] - vb[s] for s in seeds]
-    mean = statistics.fmean(d)
-    if len(d) < 2:
-        return {"seeds": seeds, "diffs": d, "mean": mean, "sd": None, "ci": None}
-    sd = statistics.stdev(d)
-    half = T975[len(d) - 1] * sd / math.sqrt(len(d))
-    return {"seeds": seeds, "diffs": d, "mean": mean, "sd": sd, "ci": [mean - half, mean + half]}
+    return paired_diff(va, vb)
 
 
 def _pm(x: tuple[float, float] | None) -> str:

@@ -18,6 +18,9 @@ from typing import Any
 
 from peftkit.core.io import atomic_write, atomic_write_text
 
+# two-sided 95% Student-t quantiles t_{0.975, df}
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
 Row = Mapping[str, Any]
 MISSING = "–"
 
@@ -153,6 +156,7 @@ def write_report(
     notes: Sequence[str] = (),
     meta: Mapping[str, Any] | None = None,
     figure: Any = None,
+    footer: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Write ``NAME.json``, ``NAME.md`` and ``NAME.png`` under ``out_dir`` (each via a temp name + rename).
 
@@ -163,6 +167,7 @@ def write_report(
         notes: lines printed under the heading (scale, seed, device, the command).
         meta: extra JSON fields (the scale, timings, the command).
         figure: a matplotlib Figure (e.g. from ``bar_panels``); it is closed after saving.
+        footer: Markdown lines after the table (e.g. a second, smaller table).
 
     Returns:
         ``{"json": path, "md": path, "png": path}`` (no ``png`` without a figure).
@@ -172,7 +177,8 @@ def write_report(
     paths = {"json": out / f"{name}.json", "md": out / f"{name}.md"}
     payload = {"title": title, "notes": list(notes), **(meta or {}), "rows": [dict(r) for r in rows]}
     atomic_write_text(paths["json"], json.dumps(payload, indent=2, default=str) + "\n")
-    md = [f"# {title}", "", *[f"- {n}" for n in notes], "", markdown_table(rows, columns), ""]
+    md = [f"# {title}", "", *[f"- {n}" for n in notes], "", markdown_table(rows, columns), "",
+          *([*footer, ""] if footer else [])]
     if figure is not None:
         paths["png"] = out / f"{name}.png"
         md += [f"![{name}]({name}.png)", ""]
@@ -183,3 +189,19 @@ def write_report(
         atomic_write(paths["png"], lambda p: figure.savefig(p, dpi=110, format="png"))
         plt.close(figure)
     return paths
+
+
+def paired_diff(a: Mapping[int, float], b: Mapping[int, float]) -> dict[str, Any] | None:
+    """Paired difference ``a - b`` over the seeds both have: ``d_i = a_i - b_i``,
+    ``mean(d) ± t_{0.975, n-1} sd(d) / sqrt(n)`` (a 95% Student-t interval; None without a common seed;
+    ``sd`` and ``ci`` None with one seed)."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    d = [a[s] - b[s] for s in seeds]
+    mean = sum(d) / len(d)
+    if len(d) < 2:
+        return {"seeds": seeds, "diffs": d, "mean": mean, "sd": None, "ci": None}
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1))
+    half = T975[len(d) - 1] * sd / math.sqrt(len(d))
+    return {"seeds": seeds, "diffs": d, "mean": mean, "sd": sd, "ci": [mean - half, mean + half]}

@@ -64,6 +64,25 @@ def test_accuracy_selection_on_validation_and_summary() -> None:
     assert rows["LoRA r=8"]["seeds"] == 0 and "eval/accuracy" not in rows["LoRA r=8"]
 
 
+def test_accuracy_paired_differences_against_lora_and_full_ft() -> None:
+    final = [{"label": lab, "seed": s, "eval/accuracy": a, "val_curve": [0.1, v]}
+             for lab, s, a, v in [("LoRA r=8", 0, 0.90, 0.80), ("LoRA r=8", 1, 0.92, 0.82),
+                                  ("LoRA r=8", 2, 0.94, 0.84), ("MEFT3", 0, 0.89, 0.81),
+                                  ("MEFT3", 1, 0.90, 0.83), ("MEFT3", 2, 0.91, 0.85),
+                                  ("MEFT3", 3, 0.99, 0.99)]]          # seed 3 has no LoRA pair: left out
+    chosen = {"LoRA r=8": 1e-3, "MEFT3": 1e-3}
+    rows = {r["label"]: r for r in acc.summarise(final, [], chosen)}
+    assert rows["MEFT3"]["val_last"] == pytest.approx((0.81 + 0.83 + 0.85 + 0.99) / 4)
+    (p,) = acc.paired_rows(final)                                   # no full FT rows: only against LoRA
+    assert (p["label"], p["reference"]) == ("MEFT3", "LoRA r=8")
+    assert p["test"]["seeds"] == [0, 1, 2]
+    assert p["test"]["diffs"] == pytest.approx([-0.01, -0.02, -0.03])
+    assert p["test"]["mean"] == pytest.approx(-0.02)
+    half = 4.303 * 0.01 / 3 ** 0.5                                  # t_{0.975, 2} sd / sqrt(n)
+    assert p["test"]["ci"] == pytest.approx([-0.02 - half, -0.02 + half])
+    assert p["val"]["mean"] == pytest.approx(0.01) and p["val"]["sd"] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_accuracy_run_configs_share_the_schedule_and_sweep_reads_no_test() -> None:
     cfg = acc.AccuracyConfig(max_train_examples=64, max_length=64)
     a, b = acc.run_config(cfg, "MEFT2", 1e-3, 1, "val"), acc.run_config(cfg, "full FT", 5e-5, 1, "test")
