@@ -137,6 +137,8 @@ def write_tradeoff(cfg: Any, rows: list[dict[str, Any]], command: str) -> Path:
     for r in rows:
         r["setting"] = f"{r['variant']}, " + (f"tolerance {r['tolerance']:g}" if r["tolerance"] > 0
                                               else "no anchors")
+        if r.get("stream_dtype", "auto") != "auto":
+            r["setting"] += f", {r['stream_dtype']} streams"
         r["n_anchors"] = len(r["anchors"])
     cols = [Column("setting", "setting"), Column("depth", "layers"), Column("n_anchors", "anchors"),
             Column("peak_bytes", "step peak (live tensors)", fmt_mib),

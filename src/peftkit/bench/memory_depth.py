@@ -50,8 +50,10 @@ def rel_l2(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 
 def tradeoff_row(arch: str, depth: int, length: int, batch_size: int, variant: str,
-                 tolerance: float) -> dict[str, Any]:
-    """One (variant, tolerance, depth) row; see the module docstring."""
+                 tolerance: float, stream_dtype: str = "auto") -> dict[str, Any]:
+    """One (variant, tolerance, depth) row; see the module docstring. ``stream_dtype`` is MEFT's
+    (``"auto"``: fp32 streams; ``"float64"``: twice the bytes per stream and per anchor, a smaller rounding
+    to amplify, so fewer anchors)."""
     import peftkit as pk
     from peftkit.bench.memory import StepSpec, synthetic_batch
     from peftkit.bench.memory_live import adamw_step
@@ -61,7 +63,7 @@ def tradeoff_row(arch: str, depth: int, length: int, batch_size: int, variant: s
 
     torch.manual_seed(0)
     meft = pk.MEFT(variant=variant, anchor_every="auto" if tolerance > 0 else 0,
-                   tolerance=tolerance if tolerance > 0 else 1e-3)
+                   tolerance=tolerance if tolerance > 0 else 1e-3, stream_dtype=stream_dtype)
     model = pk.apply(build_bench_bert(num_labels=5, arch=arch, layers=depth), meft).train()
     batch = synthetic_batch(StepSpec(backbone="bench_bert", methods=[], batch_size=batch_size,
                                      seq_len=length), VOCAB)
@@ -76,36 +78,40 @@ def tradeoff_row(arch: str, depth: int, length: int, batch_size: int, variant: s
     g_ref = _grads(model, batch, False)
     hidden = model.config.hidden_size
     row = {"arch": arch, "depth": depth, "length": length, "batch": batch_size, "variant": variant,
-           "tolerance": tolerance, "anchors": anchors, "peak_bytes": peak.peak_bytes,
-           "anchor_bytes": 2 * batch_size * length * hidden * 4, "grad_rel_err": rel_l2(g_rev, g_ref),
+           "tolerance": tolerance, "stream_dtype": stream_dtype, "anchors": anchors,
+           "peak_bytes": peak.peak_bytes,
+           "anchor_bytes": 2 * batch_size * length * hidden * (8 if stream_dtype == "float64" else 4),
+           "grad_rel_err": rel_l2(g_rev, g_ref),
            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
     return row
 
 
 def tradeoff_rows(rows_dir: str, arch: str, depths: list[int], length: int, batch_size: int,
-                  variants: list[str], tolerances: list[float]) -> list[dict[str, Any]]:
-    """Every (variant, tolerance, depth) row, stored rows in ``rows_dir`` reused; with ``growth`` (the peak
-    at the deepest depth over the shallowest, per variant and tolerance)."""
+                  variants: list[str], tolerances: list[float],
+                  stream_dtypes: tuple[str, ...] = ("auto",)) -> list[dict[str, Any]]:
+    """Every (stream dtype, variant, tolerance, depth) row, stored rows in ``rows_dir`` reused; with
+    ``growth`` (the peak at the deepest depth over the shallowest, per dtype, variant and tolerance)."""
     from peftkit.core.io import atomic_write_json
 
     out = []
-    for v in variants:
-        for tol in tolerances:
-            rows = []
-            for d in depths:
-                tag = f"{tol:g}" if tol > 0 else "none"
-                path = Path(rows_dir) / f"{arch}_L{d}_T{length}_B{batch_size}_{v}_tol{tag}_cpu.json"
-                if path.exists():
-                    rows.append(json.loads(path.read_text()))
-                    continue
-                print(f"depth trade-off: {arch} L{d} T{length} B{batch_size} {v} tolerance {tag}", flush=True)
-                row = tradeoff_row(arch, d, length, batch_size, v, tol)
-                gc.collect()  # the measured model goes before the next is built
-                path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_json(path, row)
-                rows.append(row)
-            by_depth = {r["depth"]: r["peak_bytes"] for r in rows}
-            for r in rows:
-                r["growth"] = by_depth[max(by_depth)] / by_depth[min(by_depth)] if len(by_depth) > 1 else None
-            out += rows
+    for sd, v, tol in ((sd, v, tol) for sd in stream_dtypes for v in variants for tol in tolerances):
+        rows = []
+        for d in depths:
+            tag = f"{tol:g}" if tol > 0 else "none"
+            dt = "" if sd == "auto" else f"_{sd}"
+            path = Path(rows_dir) / f"{arch}_L{d}_T{length}_B{batch_size}_{v}_tol{tag}{dt}_cpu.json"
+            if path.exists():
+                rows.append(json.loads(path.read_text()))
+                continue
+            print(f"depth trade-off: {arch} L{d} T{length} B{batch_size} {v} tolerance {tag} streams {sd}",
+                  flush=True)
+            row = tradeoff_row(arch, d, length, batch_size, v, tol, sd)
+            gc.collect()  # the measured model goes before the next is built
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, row)
+            rows.append(row)
+        by_depth = {r["depth"]: r["peak_bytes"] for r in rows}
+        for r in rows:
+            r["growth"] = by_depth[max(by_depth)] / by_depth[min(by_depth)] if len(by_depth) > 1 else None
+        out += rows
     return out

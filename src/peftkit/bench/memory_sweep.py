@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from peftkit.bench._args import parse_overrides
+from peftkit.core.errors import ConfigError
 
 _MEFT = {"name": "meft"}
 # label -> (method stack, backbone kwargs)
@@ -83,6 +84,7 @@ class SweepConfig:
     tradeoff_variants: str = "meft1,meft3"
     tradeoff_tolerances: str = "1e-3,1e-2,0"  # 0 = no anchors
     tradeoff_rows_dir: str = "docs/results/meft_rows/memory_depth"
+    tradeoff_stream_dtypes: str = "auto"    # MEFT stream_dtype values of the trade-off (auto = fp32; float64)
     threads: int = 1
     device: str = "auto"                   # auto | cpu | cuda
 
@@ -238,7 +240,12 @@ def time_rows(cfg: SweepConfig) -> list[dict[str, Any]]:
 
 
 def parse(overrides: list[str]) -> SweepConfig:
-    return parse_overrides(SweepConfig, overrides, "memory")
+    cfg = parse_overrides(SweepConfig, overrides, "memory")
+    bad = [d for d in cfg.tradeoff_stream_dtypes.split(",") if d not in ("auto", "float32", "float64")]
+    if bad:
+        raise ConfigError(f"tradeoff_stream_dtypes: unknown {bad}; use auto, float32 or float64 "
+                          "(comma-separated)")
+    return cfg
 
 
 def main(overrides: list[str]) -> int:
@@ -262,7 +269,8 @@ def main(overrides: list[str]) -> int:
         arch, length = cfg.tradeoff_target.split(",")
         trade = tradeoff_rows(cfg.tradeoff_rows_dir, arch, [int(d) for d in cfg.tradeoff_depths.split(",")],
                               int(length), cfg.live_batch, cfg.tradeoff_variants.split(","),
-                              [float(t) for t in str(cfg.tradeoff_tolerances).split(",")])
+                              [float(t) for t in str(cfg.tradeoff_tolerances).split(",")],
+                              tuple(cfg.tradeoff_stream_dtypes.split(",")))
         paths.append(write_tradeoff(cfg, trade, "peftkit bench memory " + " ".join(overrides)))
     print("wrote " + ", ".join(str(p) for p in paths), flush=True)
     return 0

@@ -112,7 +112,8 @@ def test_accuracy_backbone_option_names_the_backbone_and_keys_the_rows() -> None
     assert "backbone" not in acc.scale(acc.AccuracyConfig())  # MiniLM's stored rows keep their key
 
 
-@pytest.mark.parametrize("bad", [["nope=1"], ["depths"], ["batch_size=x"]])
+@pytest.mark.parametrize("bad", [["nope=1"], ["depths"], ["batch_size=x"],
+                                 ["tradeoff_stream_dtypes=auto,bf16"]])
 def test_sweep_bad_overrides(bad: list[str]) -> None:
     with pytest.raises(pk.ConfigError):
         mem.parse(bad)
