@@ -42,11 +42,18 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a64 - b64).norm() / b64.norm().clamp_min(1e-300))
 
 
+def _sampled_rel(a: torch.Tensor, b: torch.Tensor, sample: torch.Tensor) -> float:
+    return _rel(a.reshape(-1)[sample], b.reshape(-1)[sample])
+
+
 @torch.no_grad()
 def _invert(couplings: Sequence[Coupling], hidden: torch.Tensor, ctx: dict[str, Any],
-            threshold: float | None) -> tuple[list[int], list[float]]:
-    """Forward keeping every layer input, then invert from the top with the same dropout masks; with a
-    ``threshold``, keep the true input (an anchor) wherever the reconstructed one is further than that.
+            threshold: float | None, keep: frozenset[int] = frozenset(),
+            sample: torch.Tensor | None = None) -> tuple[list[int], list[float]]:
+    """Forward keeping every layer input, then invert from the top with the same dropout masks; keep the true
+    input (an anchor) at the layers in ``keep`` and, with a ``threshold``, wherever the reconstructed one is
+    further than that. With a ``sample`` (flat indices into one stream, the run-time check's), a layer's error
+    is the larger of the full one and the one on those elements.
     Returns (anchors ascending, per-layer relative errors bottom first, before any anchor decision)."""
     probes: list[nn.Module] = [p for c in couplings for p in recomputable_terms(c)]
     saved_terms = [p.last_term for p in probes]
@@ -67,8 +74,10 @@ def _invert(couplings: Sequence[Coupling], hidden: torch.Tensor, ctx: dict[str, 
                 x1, x2 = couplings[i].inverse(x1, x2, ctx, records[i])
                 t1, t2 = inputs.pop()
                 err = max(_rel(x1, t1), _rel(x2, t2))
+                if sample is not None:
+                    err = max(err, _sampled_rel(x1, t1, sample), _sampled_rel(x2, t2, sample))
                 errs[i] = err if err == err else float("inf")  # NaN: overflowed
-                if threshold is not None and not errs[i] <= threshold:
+                if i in keep or (threshold is not None and not errs[i] <= threshold):
                     anchors.append(i)
                     x1, x2 = t1, t2
     finally:
@@ -77,43 +86,54 @@ def _invert(couplings: Sequence[Coupling], hidden: torch.Tensor, ctx: dict[str, 
     return sorted(anchors), errs
 
 
-def reconstruction_errors(couplings: Sequence[Coupling], hidden: torch.Tensor,
-                          ctx: dict[str, Any]) -> list[float]:
-    """Relative error of each coupling's reconstructed input without anchors; index 0 = the lowest layer
-    (inverted last; inf where the inversion overflowed).
+def reconstruction_errors(couplings: Sequence[Coupling], hidden: torch.Tensor, ctx: dict[str, Any],
+                          anchors: frozenset[int] = frozenset()) -> list[float]:
+    """Relative error of each coupling's reconstructed input; index 0 = the lowest layer (inverted last; inf
+    where the inversion overflowed).
 
     Args:
         couplings: the reversible layers, bottom first.
         hidden: the stack input [b, t, d] (both streams start from it).
         ctx: the per-forward block arguments (as :meth:`ReversibleStack.context` builds them).
+        anchors: layers whose exact inputs are kept, as the reversible backward does (their error is 0 and
+            the reconstruction below restarts from them); empty = the paper's (no anchors).
     """
-    return _invert(couplings, hidden, ctx, None)[1]
+    errs = _invert(couplings, hidden, ctx, None, frozenset(anchors))[1]
+    return [0.0 if i in anchors else e for i, e in enumerate(errs)]
 
 
 def calibrate_anchors(couplings: Sequence[Coupling], hidden: torch.Tensor, ctx: dict[str, Any],
-                      threshold: float) -> tuple[list[int], list[float]]:
-    """The fewest anchors that keep every reconstructed layer input within ``threshold`` on this batch.
+                      threshold: float, keep: frozenset[int] = frozenset(),
+                      sample: torch.Tensor | None = None) -> tuple[list[int], list[float]]:
+    """The fewest anchors, besides ``keep``, that hold every reconstructed layer input within ``threshold``
+    on this batch.
+
+    Walking down from the exact output, layer n's input is reconstructed from layer n+1's (exact at an
+    anchor) and becomes an anchor when ``err_n > threshold`` (or ``n`` is in ``keep``). Calling it on batches
+    1..k in turn, each time with ``keep`` = the anchors chosen so far, gives anchors that hold the threshold
+    on every one of the k batches (an anchor only lowers the error of the layers below it).
 
     Args:
         couplings: the reversible layers, bottom first.
         hidden: the stack input [b, t, d] in the stream dtype.
         ctx: the per-forward block arguments.
         threshold: the largest relative error of a reconstructed layer input that is accepted.
+        keep: anchors already chosen (kept whatever this batch measures).
+        sample: the run-time check's flat indices into one stream; the error of a layer is then also
+            measured on them (the larger of the two counts), so the check agrees on this batch.
 
     Returns:
-        (anchors, errors): the layer indices whose inputs are kept (ascending), and per layer (bottom first)
-        the relative error its reconstructed input had before that decision (the measured amplification:
-        ``errors[i] / errors[i + 1]`` between anchors).
+        (anchors, errors): the layer indices whose inputs are kept (ascending, ``keep`` included), and per
+        layer (bottom first) the relative error its reconstructed input had before that decision (the
+        measured amplification: ``errors[i] / errors[i + 1]`` between anchors).
     """
-    return _invert(couplings, hidden, ctx, threshold)
+    return _invert(couplings, hidden, ctx, threshold, frozenset(keep), sample)
 
 
-def stack_reconstruction_errors(model: nn.Module, *args: Any, **kwargs: Any) -> list[float]:
-    """Per-layer reconstruction errors of the MEFT stack in ``model`` on one batch ``model(*args, **kwargs)``.
-
-    Captures the stack input and per-forward arguments with one no-grad forward, then runs
-    :func:`reconstruction_errors` over all couplings (reversible or not).
-    """
+def stack_input(model: nn.Module, *args: Any, **kwargs: Any) -> tuple[Any, torch.Tensor, dict[str, Any]]:
+    """(stack, stack input [b, t, d] in the stream dtype, per-forward block arguments) of the MEFT stack in
+    ``model`` on one batch ``model(*args, **kwargs)``, captured with one no-grad forward (run it under the
+    autocast the training uses)."""
     from peftkit.methods.meft.stack import ReversibleStack
 
     stacks = [m for m in model.modules() if isinstance(m, ReversibleStack)]
@@ -134,5 +154,14 @@ def stack_reconstruction_errors(model: nn.Module, *args: Any, **kwargs: Any) -> 
             model(*args, **kwargs)
     finally:
         object.__delattr__(stack, "run")
-    return reconstruction_errors(list(stack.couplings), seen["hidden"], seen["ctx"])
+    return stack, seen["hidden"], seen["ctx"]
 
+
+def stack_reconstruction_errors(model: nn.Module, *args: Any, **kwargs: Any) -> list[float]:
+    """Per-layer reconstruction errors of the MEFT stack in ``model`` on one batch ``model(*args, **kwargs)``.
+
+    Captures the stack input and per-forward arguments with one no-grad forward (:func:`stack_input`), then
+    runs :func:`reconstruction_errors` over all couplings (reversible or not), without anchors.
+    """
+    stack, hidden, ctx = stack_input(model, *args, **kwargs)
+    return reconstruction_errors(list(stack.couplings), hidden, ctx)

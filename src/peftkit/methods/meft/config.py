@@ -66,7 +66,23 @@ class MEFT:
             layer (bottom one included); 0: none (the paper: only the two output streams are kept).
         tolerance: the bound on the relative reconstruction error of any layer input, in (0, 0.5].
         calibration_margin: ``"auto"`` anchors aim at ``tolerance / calibration_margin`` on the calibration
-            batch, so that other batches (whose rounding differs) stay under ``tolerance``; >= 1.
+            batch, so that other batches (whose rounding differs) stay under ``tolerance``; >= 1. A layer's
+            error is measured there in full and on the check's sample (the larger counts), so the check
+            agrees with the calibration on the calibration batch.
+        calibration_batches: k >= 1: the ``"auto"`` anchors hold on the first k training batches (and after
+            each re-calibration, on the k batches that follow): batch 1 chooses them, batches 2..k each keep
+            those and add the anchors that batch needs (one extra no-grad forward and inversion per step
+            for k steps). Under bf16 autocast a layer's one-step inversion error is bimodal: ~3e-7 on most
+            batches, 1e-3 to 3e-2 on the batches where a last-bit difference of the reconstructed input
+            rounds to another bf16 value inside F; only an anchor at that layer removes it, and one batch
+            cannot say which layers do this (docs/methods/meft.md).
+        adaptive_margin: when the check finds an error e > ``tolerance`` (with ``anchor_every="auto"``), the
+            margin of the next calibrations is multiplied by ``e / tolerance`` (the measured excess), so it
+            grows until the anchors hold; it never shrinks.
+        recalibrate_at: with ``anchor_every="auto"``, the anchors are chosen again at the next step when the
+            check finds an error above ``recalibrate_at * tolerance``, in (0, 1]; 1 (default) = only after an
+            error over the tolerance; e.g. 0.5 re-calibrates on drift before it crosses the tolerance (only
+            errors over the tolerance warn).
         check_every: every N-th reversible backward compares each reconstructed layer input with a sample of
             its true values saved in forward (4,096 elements per stream, negligible memory) and acts when the
             relative error exceeds ``tolerance`` (0 = off).
@@ -92,6 +108,9 @@ class MEFT:
     anchor_every: int | str = "auto"     # not in the paper (0 = its behaviour): anchors chosen by measurement
     tolerance: float = 1e-3              # bound on any layer input's relative reconstruction error
     calibration_margin: float = 4.0
+    calibration_batches: int = 1
+    adaptive_margin: bool = False
+    recalibrate_at: float = 1.0
     check_every: int = 1
     on_error: str = "warn"
     bounded_attention: bool = True       # not in the paper: attention dropout in bounded memory (docs)
@@ -128,6 +147,15 @@ class MEFT:
             raise ConfigError(f"MEFT tolerance must be in (0, 0.5] (a relative error), got {self.tolerance}")
         if not self.calibration_margin >= 1:
             raise ConfigError(f"MEFT calibration_margin must be >= 1, got {self.calibration_margin}")
+        k = self.calibration_batches
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"MEFT calibration_batches must be an integer >= 1 (batches the anchors hold "
+                              f"on), got {k!r}")
+        if not isinstance(self.adaptive_margin, bool):
+            raise ConfigError(f"MEFT adaptive_margin must be true or false, got {self.adaptive_margin!r}")
+        if not 0 < self.recalibrate_at <= 1:
+            raise ConfigError(f"MEFT recalibrate_at must be in (0, 1] (a fraction of the tolerance), got "
+                              f"{self.recalibrate_at}")
         if self.check_every < 0:
             raise ConfigError(f"MEFT check_every must be >= 0 (0 = off), got {self.check_every}")
         if self.on_error not in ON_ERROR:

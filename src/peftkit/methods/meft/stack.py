@@ -39,9 +39,11 @@ class ReversibleStack(nn.Module):
         couplings: one :class:`Coupling` per block (they own the adapters).
         num_rev: how many of the lower couplings use the reversible backward.
         use_reversible_backward: False runs every coupling through plain autograd (the oracle / fallback).
-        stream_dtype, anchor_every, tolerance, calibration_margin, check_every, on_error: see
-            :class:`~peftkit.methods.meft.config.MEFT`.
+        stream_dtype, anchor_every, tolerance, calibration_margin, calibration_batches, adaptive_margin,
+            recalibrate_at, check_every, on_error: see :class:`~peftkit.methods.meft.config.MEFT`.
         anchors: the reversible layers whose inputs are kept exactly (None until ``"auto"`` calibrated).
+        margin_scale: the factor by which ``adaptive_margin`` has grown the calibration margin (1 at first).
+        calibrations: how many batches the current ``"auto"`` anchors were calibrated on (0 = not yet).
         calibration_errors: per reversible layer, the relative reconstruction error measured by the
             calibration without an anchor there (empty before it ran).
         last_reconstruction_error: per reversible layer, the sampled relative error of the reconstructed
@@ -51,7 +53,8 @@ class ReversibleStack(nn.Module):
     def __init__(self, blocks: Sequence[nn.Module], couplings: Sequence[Coupling], ops: Sequence[BlockOps],
                  num_rev: int, use_reversible_backward: bool = True, stream_dtype: str = "auto",
                  anchor_every: int | str = "auto", tolerance: float = 1e-3, calibration_margin: float = 4.0,
-                 check_every: int = 1, on_error: str = "warn") -> None:
+                 check_every: int = 1, on_error: str = "warn", calibration_batches: int = 1,
+                 adaptive_margin: bool = False, recalibrate_at: float = 1.0) -> None:
         super().__init__()
         for i, b in enumerate(blocks):
             self.add_module(str(i), b)
@@ -62,6 +65,10 @@ class ReversibleStack(nn.Module):
         self.stream_dtype, self.anchor_every = stream_dtype, anchor_every
         self.tolerance, self.calibration_margin = float(tolerance), float(calibration_margin)
         self.check_every, self.on_error = int(check_every), on_error
+        self.calibration_batches, self.adaptive_margin = int(calibration_batches), bool(adaptive_margin)
+        self.recalibrate_at = float(recalibrate_at)
+        self.margin_scale = 1.0
+        self.calibrations = 0
         self.anchors: frozenset[int] | None = None
         if anchor_every != "auto":
             k = int(anchor_every)
@@ -127,7 +134,8 @@ class ReversibleStack(nn.Module):
         ctx = self.context(args, kwargs, recompute=rev)
         x = hidden.to(self.stream_dtype_for(hidden.dtype))  # [b, t, d], both streams start here
         if rev:
-            if self.anchors is None:
+            if self.anchors is None or (self.anchor_every == "auto"
+                                        and self.calibrations < self.calibration_batches):
                 self.calibrate(x.detach(), ctx)
             self._backwards += 1
             checked = self.check_every > 0 and (self._backwards - 1) % self.check_every == 0
@@ -143,12 +151,21 @@ class ReversibleStack(nn.Module):
         return self.ops[0].wrap_output(((x1 + x2) / 2).to(hidden.dtype))
 
     def calibrate(self, hidden: torch.Tensor, ctx: dict[str, Any]) -> frozenset[int]:
-        """Choose the anchors of ``anchor_every="auto"`` on this batch (see ``checks.calibrate_anchors``)."""
+        """Choose the anchors of ``anchor_every="auto"`` on this batch (see ``checks.calibrate_anchors``).
+
+        The threshold is ``tolerance / (calibration_margin * margin_scale)``, measured in full and on the
+        check's sample. The first call after a (re)start chooses afresh; the next ``calibration_batches - 1``
+        calls keep the anchors chosen so far and add what their batch needs.
+        """
         from peftkit.methods.meft.checks import calibrate_anchors
 
+        keep = self.anchors if self.anchors is not None and self.calibrations > 0 else frozenset()
+        sample = _sample_index(hidden.numel(), hidden.device) if self.check_every > 0 else None
         anchors, errs = calibrate_anchors(self.couplings[: self.num_rev], hidden, ctx,
-                                          self.tolerance / self.calibration_margin)
+                                          self.tolerance / (self.calibration_margin * self.margin_scale),
+                                          keep, sample)
         self.anchors, self.calibration_errors = frozenset(anchors), errs
+        self.calibrations += 1
         return self.anchors
 
     def _report(self, errors: list[tuple[int, float]]) -> None:
@@ -160,7 +177,13 @@ class ReversibleStack(nn.Module):
             per_layer[i] = e if e == e else float("inf")
         self.last_reconstruction_error = per_layer
         worst = max(range(self.num_rev), key=per_layer.__getitem__)
-        if per_layer[worst] <= self.tolerance:
+        err = per_layer[worst]
+        if self.anchor_every == "auto" and err > self.recalibrate_at * self.tolerance:
+            # the weights moved or this batch differs from the calibration ones: choose anchors again
+            if self.adaptive_margin and err > self.tolerance:  # aim lower by the measured excess
+                self.margin_scale *= min(err / self.tolerance, 1e6)
+            self.anchors, self.calibrations = None, 0
+        if err <= self.tolerance:
             return
         msg = (f"MEFT reconstruction: the input of reversible layer {worst} was reconstructed with relative "
                f"error {per_layer[worst]:.3g} > tolerance {self.tolerance:g}, so the gradients of the layers "
@@ -168,8 +191,7 @@ class ReversibleStack(nn.Module):
         fix = "; use anchor_every='auto' (or a smaller k), stream_dtype='float64', or fewer num_rev_layers"
         if self.on_error == "raise":
             raise ReconstructionError(msg + fix)
-        if self.anchor_every == "auto":  # the weights moved since the calibration: choose anchors again
-            self.anchors = None
+        if self.anchor_every == "auto":
             fix = "; the anchors are chosen again at the next step (calibrated on that batch)"
         msg += fix
         if not self._warned:
