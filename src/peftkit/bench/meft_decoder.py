@@ -49,19 +49,25 @@ def _val(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> dict[str, 
     return {"loss": loss / n, "accuracy": right / n}
 
 
+def _meft1(k: int = 1, adaptive: bool = False, at: float = 1.0, sticky: bool = False) -> list[dict[str, Any]]:
+    """MEFT1 with every calibration setting spelled out (a label keeps its meaning when defaults change)."""
+    return [{"name": "meft", "variant": "meft1", "calibration_batches": k, "adaptive_margin": adaptive,
+             "recalibrate_at": at, "sticky_anchors": sticky}]
+
+
 # label -> method stack: the defaults, a wider calibration margin, the calibration remedies, and LoRA as the
 # same loop's baseline ("meft1" is whatever the defaults were when its row was written; the remedy labels
 # spell their settings out)
 DECODER_STACKS: dict[str, list[dict[str, Any]]] = {
     "meft1": [{"name": "meft", "variant": "meft1"}],
     "meft1_margin16": [{"name": "meft", "variant": "meft1", "calibration_margin": 16.0}],
-    "meft1_k1": [{"name": "meft", "variant": "meft1", "calibration_batches": 1}],
-    "meft1_k4": [{"name": "meft", "variant": "meft1", "calibration_batches": 4}],
-    "meft1_adaptive": [{"name": "meft", "variant": "meft1", "calibration_batches": 1,
-                        "adaptive_margin": True}],
-    "meft1_drift": [{"name": "meft", "variant": "meft1", "calibration_batches": 1, "recalibrate_at": 0.5}],
-    "meft1_k4_adaptive": [{"name": "meft", "variant": "meft1", "calibration_batches": 4,
-                           "adaptive_margin": True}],
+    "meft1_k1": _meft1(),
+    "meft1_k4": _meft1(k=4),
+    "meft1_adaptive": _meft1(adaptive=True),
+    "meft1_drift": _meft1(at=0.5),
+    "meft1_k4_adaptive": _meft1(k=4, adaptive=True),
+    "meft1_k4_sticky": _meft1(k=4, sticky=True),
+    "meft1_k4_sticky_adaptive": _meft1(k=4, sticky=True, adaptive=True),
     "lora": [{"name": "lora", "rank": 8, "alpha": 16}],
 }
 

@@ -97,7 +97,8 @@ def apply_meft(model: nn.Module, spec: BackboneSpec, config: MEFT) -> Applied:
     stack = ReversibleStack(list(blocks), couplings, ops, k, config.use_reversible_backward,
                             config.stream_dtype, config.anchor_every, config.tolerance,
                             config.calibration_margin, config.check_every, config.on_error,
-                            config.calibration_batches, config.adaptive_margin, config.recalibrate_at)
+                            config.calibration_batches, config.adaptive_margin, config.recalibrate_at,
+                            config.sticky_anchors)
     stack.train(blocks.training)
     record = UndoRecord()
     record.replace(model, stack_spec.blocks, stack)

@@ -79,6 +79,10 @@ class MEFT:
         adaptive_margin: when the check finds an error e > ``tolerance`` (with ``anchor_every="auto"``), the
             margin of the next calibrations is multiplied by ``e / tolerance`` (the measured excess), so it
             grows until the anchors hold; it never shrinks.
+        sticky_anchors: with ``anchor_every="auto"``, a re-calibration keeps the anchors in use and adds one
+            at the topmost layer whose check failed, so the anchors only grow (at most one per layer) and a
+            layer whose inversion failed once is never reconstructed again; False: each re-calibration
+            chooses afresh on its batch(es).
         recalibrate_at: with ``anchor_every="auto"``, the anchors are chosen again at the next step when the
             check finds an error above ``recalibrate_at * tolerance``, in (0, 1]; 1 (default) = only after an
             error over the tolerance; e.g. 0.5 re-calibrates on drift before it crosses the tolerance (only
@@ -111,6 +115,7 @@ class MEFT:
     calibration_batches: int = 1
     adaptive_margin: bool = False
     recalibrate_at: float = 1.0
+    sticky_anchors: bool = False
     check_every: int = 1
     on_error: str = "warn"
     bounded_attention: bool = True       # not in the paper: attention dropout in bounded memory (docs)
@@ -151,8 +156,9 @@ class MEFT:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ConfigError(f"MEFT calibration_batches must be an integer >= 1 (batches the anchors hold "
                               f"on), got {k!r}")
-        if not isinstance(self.adaptive_margin, bool):
-            raise ConfigError(f"MEFT adaptive_margin must be true or false, got {self.adaptive_margin!r}")
+        for name in ("adaptive_margin", "sticky_anchors"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"MEFT {name} must be true or false, got {getattr(self, name)!r}")
         if not 0 < self.recalibrate_at <= 1:
             raise ConfigError(f"MEFT recalibrate_at must be in (0, 1] (a fraction of the tolerance), got "
                               f"{self.recalibrate_at}")

@@ -40,10 +40,12 @@ class ReversibleStack(nn.Module):
         num_rev: how many of the lower couplings use the reversible backward.
         use_reversible_backward: False runs every coupling through plain autograd (the oracle / fallback).
         stream_dtype, anchor_every, tolerance, calibration_margin, calibration_batches, adaptive_margin,
-            recalibrate_at, check_every, on_error: see :class:`~peftkit.methods.meft.config.MEFT`.
+            recalibrate_at, sticky_anchors, check_every, on_error: see
+            :class:`~peftkit.methods.meft.config.MEFT`.
         anchors: the reversible layers whose inputs are kept exactly (None until ``"auto"`` calibrated).
         margin_scale: the factor by which ``adaptive_margin`` has grown the calibration margin (1 at first).
         calibrations: how many batches the current ``"auto"`` anchors were calibrated on (0 = not yet).
+        kept_anchors: with ``sticky_anchors``, the anchors the next fresh calibration keeps (empty otherwise).
         calibration_errors: per reversible layer, the relative reconstruction error measured by the
             calibration without an anchor there (empty before it ran).
         last_reconstruction_error: per reversible layer, the sampled relative error of the reconstructed
@@ -54,7 +56,8 @@ class ReversibleStack(nn.Module):
                  num_rev: int, use_reversible_backward: bool = True, stream_dtype: str = "auto",
                  anchor_every: int | str = "auto", tolerance: float = 1e-3, calibration_margin: float = 4.0,
                  check_every: int = 1, on_error: str = "warn", calibration_batches: int = 1,
-                 adaptive_margin: bool = False, recalibrate_at: float = 1.0) -> None:
+                 adaptive_margin: bool = False, recalibrate_at: float = 1.0,
+                 sticky_anchors: bool = False) -> None:
         super().__init__()
         for i, b in enumerate(blocks):
             self.add_module(str(i), b)
@@ -66,7 +69,8 @@ class ReversibleStack(nn.Module):
         self.tolerance, self.calibration_margin = float(tolerance), float(calibration_margin)
         self.check_every, self.on_error = int(check_every), on_error
         self.calibration_batches, self.adaptive_margin = int(calibration_batches), bool(adaptive_margin)
-        self.recalibrate_at = float(recalibrate_at)
+        self.recalibrate_at, self.sticky_anchors = float(recalibrate_at), bool(sticky_anchors)
+        self.kept_anchors: frozenset[int] = frozenset()
         self.margin_scale = 1.0
         self.calibrations = 0
         self.anchors: frozenset[int] | None = None
@@ -154,12 +158,12 @@ class ReversibleStack(nn.Module):
         """Choose the anchors of ``anchor_every="auto"`` on this batch (see ``checks.calibrate_anchors``).
 
         The threshold is ``tolerance / (calibration_margin * margin_scale)``, measured in full and on the
-        check's sample. The first call after a (re)start chooses afresh; the next ``calibration_batches - 1``
-        calls keep the anchors chosen so far and add what their batch needs.
+        check's sample. The first call after a (re)start chooses afresh (keeping ``kept_anchors``); the next
+        ``calibration_batches - 1`` calls keep the anchors chosen so far and add what their batch needs.
         """
         from peftkit.methods.meft.checks import calibrate_anchors
 
-        keep = self.anchors if self.anchors is not None and self.calibrations > 0 else frozenset()
+        keep = self.anchors if self.anchors is not None and self.calibrations > 0 else self.kept_anchors
         sample = _sample_index(hidden.numel(), hidden.device) if self.check_every > 0 else None
         anchors, errs = calibrate_anchors(self.couplings[: self.num_rev], hidden, ctx,
                                           self.tolerance / (self.calibration_margin * self.margin_scale),
@@ -182,6 +186,9 @@ class ReversibleStack(nn.Module):
             # the weights moved or this batch differs from the calibration ones: choose anchors again
             if self.adaptive_margin and err > self.tolerance:  # aim lower by the measured excess
                 self.margin_scale *= min(err / self.tolerance, 1e6)
+            if self.sticky_anchors:  # keep what was chosen, and anchor the topmost layer over the bound
+                top = max(i for i, e in enumerate(per_layer) if e > self.recalibrate_at * self.tolerance)
+                self.kept_anchors = (self.anchors or frozenset()) | {top}
             self.anchors, self.calibrations = None, 0
         if err <= self.tolerance:
             return
