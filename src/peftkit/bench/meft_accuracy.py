@@ -269,7 +269,7 @@ def parse(overrides: list[str]) -> AccuracyConfig:
 def _decoder(cfg: AccuracyConfig) -> int:
     """part=decoder: one training row per ``decoder_methods`` label (``bench.meft_decoder``), kept in
     ``rows_dir`` (rows already there are reused)."""
-    from peftkit.bench.meft_decoder import DECODER_STACKS, decoder_train_row
+    from peftkit.bench.meft_decoder import DECODER_STACKS, decoder_train_row, write_decoder_report
     from peftkit.core.io import atomic_write_json
 
     for method in cfg.decoder_methods.split(","):
@@ -294,6 +294,7 @@ def _decoder(cfg: AccuracyConfig) -> int:
               f"val acc {row['val_before']['accuracy']:.3f} -> {row['val_after']['accuracy']:.3f}; worst "
               f"reconstruction {max(worst or [0.0]):.2e} (steps over tolerance: "
               f"{row['steps_over_tolerance']}); {row['train_time_s']:.0f} s; wrote {path}", flush=True)
+    print("wrote", ", ".join(write_decoder_report(cfg.rows_dir)), flush=True)
     return 0
 
 

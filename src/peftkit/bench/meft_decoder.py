@@ -171,3 +171,76 @@ def decoder_train_row(backbone: str = "smollm2", examples: int = 64, max_length:
             "calibrated": calibrated, "audit_time_s": audit_s,
             "val_before": before, "val_after": after,
             "train_time_s": seconds, "cpu": platform.processor() or platform.machine()}
+
+
+def _fmt_range(xs: list[Any]) -> str:
+    vals = [x for x in xs if x is not None]
+    return "–" if not vals else (f"{min(vals)}" if min(vals) == max(vals) else f"{min(vals)}-{max(vals)}")
+
+
+def _median(xs: list[float]) -> float:
+    s = sorted(xs)
+    return s[len(s) // 2] if len(s) % 2 else (s[len(s) // 2 - 1] + s[len(s) // 2]) / 2
+
+
+def decoder_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of decoder training rows: losses, validation, anchors, calibrations, and the worst
+    reconstruction error per step by the run-time check (sampled) and by the full audit (where recorded)."""
+    head = ("| method | lr | training loss: first 5 → last 5 | val loss | val acc % | anchors per step | "
+            "steps that calibrated | check (sampled): median / max, steps > tol | full audit: median / max, "
+            "steps > tol | s / step |\n|:---|---:|:---|:---|:---|:---|---:|:---|:---|---:|")
+    lines = [head]
+    for r in sorted(rows, key=lambda r: (r["scale"]["lr"], r["method"])):
+        ls, tol = r["losses"], r.get("tolerance")
+        loss = f"{sum(ls[:5]) / 5:.2f} → {sum(ls[-5:]) / 5:.2f}"
+        val = f"{r['val_before']['loss']:.3f} → {r['val_after']['loss']:.3f}"
+        acc = f"{100 * r['val_before']['accuracy']:.1f} → {100 * r['val_after']['accuracy']:.1f}"
+        cells = ["–"] * 4
+        if tol is not None:
+            w = r["worst_reconstruction"]
+            cells[0] = _fmt_range(r["anchors"])
+            cells[2] = f"{_median(w):.1e} / {max(w):.1e}, {sum(e > tol for e in w)}"
+            full = r.get("worst_reconstruction_full")
+            if full:
+                cells[1] = str(sum(r["calibrated"]))
+                cells[3] = f"{_median(full):.1e} / {max(full):.1e}, {sum(e > tol for e in full)}"
+            else:
+                cells[1] = cells[3] = "n/a"
+        lines.append(f"| {r['method']} | {r['scale']['lr']:g} | {loss} | {val} | {acc} | {cells[0]} | "
+                     f"{cells[1]} | {cells[2]} | {cells[3]} | {r['train_time_s'] / r['steps']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_decoder_report(rows_dir: str) -> list[str]:
+    """``rows_dir``/table.md (all rows, :func:`decoder_table`) and table.png (per step, the worst
+    reconstruction error of every MEFT row, check and full audit, against the tolerance)."""
+    import json
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from peftkit.core.io import atomic_write, atomic_write_text
+
+    d = Path(rows_dir)
+    rows = [json.loads(p.read_text()) for p in sorted(d.glob("*.json"))]
+    md, png = d / "table.md", d / "table.png"
+    atomic_write_text(md, decoder_table(rows))
+    meft = sorted((r for r in rows if r.get("tolerance")), key=lambda r: (r["scale"]["lr"], r["method"]))
+    lrs = sorted({r["scale"]["lr"] for r in meft})
+    fig, axes = plt.subplots(1, max(1, len(lrs)), figsize=(6 * max(1, len(lrs)), 4.2), squeeze=False)
+    for ax, lr in zip(axes[0], lrs):
+        for r in (r for r in meft if r["scale"]["lr"] == lr):
+            line, = ax.plot(r["worst_reconstruction"], marker=".", label=f"{r['method']} (check)")
+            if r.get("worst_reconstruction_full"):
+                ax.plot(r["worst_reconstruction_full"], ls="--", color=line.get_color(), lw=0.8)
+        ax.axhline(meft[0]["tolerance"], color="k", lw=1)
+        ax.set(yscale="log", xlabel="step", ylabel="worst reconstructed layer input, relative error",
+               title=f"SmolLM2 MEFT1, bf16 autocast, lr {lr:g} (dashed: full audit)")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+    return [str(md), str(png)]
