@@ -72,10 +72,12 @@ class MEFT:
         calibration_batches: k >= 1: the ``"auto"`` anchors hold on the first k training batches (and after
             each re-calibration, on the k batches that follow): batch 1 chooses them, batches 2..k each keep
             those and add the anchors that batch needs (one extra no-grad forward and inversion per step
-            for k steps). Under bf16 autocast a layer's one-step inversion error is bimodal: ~3e-7 on most
-            batches, 1e-3 to 3e-2 on the batches where a last-bit difference of the reconstructed input
-            rounds to another bf16 value inside F; only an anchor at that layer removes it, and one batch
-            cannot say which layers do this (docs/methods/meft.md).
+            for k steps). ``"auto"`` (default): 4 when F and G compute in 16 bits (a bf16/fp16 model or a
+            16-bit autocast), 1 in fp32/fp64, where the anchors measured the same on every batch. Why: under
+            bf16 autocast a layer's one-step inversion error is bimodal, ~3e-7 on most batches and 1e-3 to
+            3e-2 on those where a last-bit difference of the reconstructed input rounds to another bf16
+            value inside F; only an anchor at that layer removes it, and one batch cannot say which layers
+            do this (docs/methods/meft.md).
         adaptive_margin: when the check finds an error e > ``tolerance`` (with ``anchor_every="auto"``), the
             margin of the next calibrations is multiplied by ``e / tolerance`` (the measured excess), so it
             grows until the anchors hold; it never shrinks.
@@ -112,7 +114,7 @@ class MEFT:
     anchor_every: int | str = "auto"     # not in the paper (0 = its behaviour): anchors chosen by measurement
     tolerance: float = 1e-3              # bound on any layer input's relative reconstruction error
     calibration_margin: float = 4.0
-    calibration_batches: int = 1
+    calibration_batches: int | str = "auto"
     adaptive_margin: bool = False
     recalibrate_at: float = 1.0
     sticky_anchors: bool = False
@@ -153,9 +155,9 @@ class MEFT:
         if not self.calibration_margin >= 1:
             raise ConfigError(f"MEFT calibration_margin must be >= 1, got {self.calibration_margin}")
         k = self.calibration_batches
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ConfigError(f"MEFT calibration_batches must be an integer >= 1 (batches the anchors hold "
-                              f"on), got {k!r}")
+        if k != "auto" and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ConfigError(f"MEFT calibration_batches must be 'auto' or an integer >= 1 (batches the "
+                              f"anchors hold on), got {k!r}")
         for name in ("adaptive_margin", "sticky_anchors"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"MEFT {name} must be true or false, got {getattr(self, name)!r}")
