@@ -49,10 +49,11 @@ def _val(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> dict[str, 
     return {"loss": loss / n, "accuracy": right / n}
 
 
-def _meft1(k: int = 1, adaptive: bool = False, at: float = 1.0, sticky: bool = False) -> list[dict[str, Any]]:
+def _meft1(k: int = 1, adaptive: bool = False, at: float = 1.0, sticky: bool = False,
+           nudges: int = 0) -> list[dict[str, Any]]:
     """MEFT1 with every calibration setting spelled out (a label keeps its meaning when defaults change)."""
     return [{"name": "meft", "variant": "meft1", "calibration_batches": k, "adaptive_margin": adaptive,
-             "recalibrate_at": at, "sticky_anchors": sticky}]
+             "recalibrate_at": at, "sticky_anchors": sticky, "calibration_nudges": nudges}]
 
 
 # label -> method stack: the defaults, a wider calibration margin, the calibration remedies, and LoRA as the
@@ -68,6 +69,9 @@ DECODER_STACKS: dict[str, list[dict[str, Any]]] = {
     "meft1_k4_adaptive": _meft1(k=4, adaptive=True),
     "meft1_k4_sticky": _meft1(k=4, sticky=True),
     "meft1_k4_sticky_adaptive": _meft1(k=4, sticky=True, adaptive=True),
+    "meft1_n4": _meft1(nudges=4),
+    "meft1_n4_sticky": _meft1(nudges=4, sticky=True),
+    "meft1_k4_n4": _meft1(k=4, nudges=4),
     "lora": [{"name": "lora", "rank": 8, "alpha": 16}],
 }
 

@@ -23,7 +23,7 @@ from peftkit.methods.meft.apply import find_stack
 from peftkit.methods.meft.checks import calibrate_anchors, reconstruction_errors, stack_input
 
 TOL = 1e-3
-DEFAULT_ADAPTIVE, DEFAULT_STICKY = False, False
+DEFAULT_ADAPTIVE, DEFAULT_STICKY, DEFAULT_NUDGES = False, False, 0
 
 
 def _batches(n: int, tokens: int = 16) -> list[dict[str, torch.Tensor]]:
@@ -64,6 +64,20 @@ def test_one_batch_anchors_miss_the_tolerance_on_others() -> None:
         anchors, _ = calibrate_anchors(list(stack.couplings), hidden, ctx, TOL / 4)
     assert max(_errors(model, b0, frozenset(anchors))) <= TOL / 4
     assert max(_errors(model, b1, frozenset(anchors))) > TOL
+
+
+def test_nudged_calibration_on_one_batch_holds_the_others() -> None:
+    """calibration_nudges: inverting each layer also from last-bit-nudged outputs finds, on batch 0, the
+    layers whose bf16 rounding flips on other batches (the premise above: without, batch 1 fails)."""
+    model, batches = _model(), _batches(6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        stack, hidden, ctx = stack_input(model, **batches[0])
+        plain, errs = calibrate_anchors(list(stack.couplings), hidden, ctx, TOL / 4)
+        nudged, nerrs = calibrate_anchors(list(stack.couplings), hidden, ctx, TOL / 4, nudges=2)
+    top = len(errs) - 1  # from the exact output both invert the same layer; the nudged error adds to it
+    assert nerrs[top] >= errs[top] and set(nudged) != set(plain)
+    assert max(max(_errors(model, b, frozenset(nudged))) for b in batches) <= TOL
+    assert sum(max(_errors(model, b, frozenset(plain))) > TOL for b in batches) >= 3
 
 
 def test_calibration_batches_anchors_hold_every_batch() -> None:
@@ -152,14 +166,15 @@ def test_recalibrate_at_acts_before_the_tolerance_without_warning(recalibrate_at
 
 def test_defaults_and_fields_reach_the_stack() -> None:
     cfg = pk.MEFT()
-    assert (cfg.calibration_batches, cfg.adaptive_margin, cfg.recalibrate_at, cfg.sticky_anchors) == (
-        "auto", DEFAULT_ADAPTIVE, 1.0, DEFAULT_STICKY)
-    stack = find_stack(_model(calibration_batches="auto"))
+    assert (cfg.calibration_batches, cfg.adaptive_margin, cfg.recalibrate_at, cfg.sticky_anchors,
+            cfg.calibration_nudges) == ("auto", DEFAULT_ADAPTIVE, 1.0, DEFAULT_STICKY, DEFAULT_NUDGES)
+    stack = find_stack(_model(calibration_batches="auto", calibration_nudges="auto"))
     h = torch.zeros(1, 2, 128)
-    assert stack.batches_to_calibrate(h) == 1  # fp32: anchors measured the same on every batch
-    assert stack.batches_to_calibrate(h.bfloat16()) == 4  # a bf16 model
+    # fp32: anchors measured the same on every batch; a bf16 model or bf16 autocast: 4 batches, 4 nudges
+    assert (stack.batches_to_calibrate(h), stack.nudges_per_layer(h)) == (1, 0)
+    assert (stack.batches_to_calibrate(h.bfloat16()), stack.nudges_per_layer(h.bfloat16())) == (4, 4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert stack.batches_to_calibrate(h) == 4  # bf16 autocast
+        assert (stack.batches_to_calibrate(h), stack.nudges_per_layer(h)) == (4, 4)
     stack = find_stack(_model(calibration_batches=2, adaptive_margin=True, recalibrate_at=0.25,
                               sticky_anchors=True))
     assert (stack.calibration_batches, stack.adaptive_margin, stack.recalibrate_at, stack.sticky_anchors) == (
@@ -174,6 +189,8 @@ def test_defaults_and_fields_reach_the_stack() -> None:
     ({"calibration_batches": "all"}, "calibration_batches must be 'auto' or an integer >= 1"),
     ({"adaptive_margin": "yes"}, "adaptive_margin must be true or false"),
     ({"sticky_anchors": 1}, "sticky_anchors must be true or false"),
+    ({"calibration_nudges": -1}, "calibration_nudges must be 'auto' or an integer >= 0"),
+    ({"calibration_nudges": "some"}, "calibration_nudges must be 'auto' or an integer >= 0"),
     ({"recalibrate_at": 0.0}, r"recalibrate_at must be in \(0, 1\]"),
     ({"recalibrate_at": 1.5}, r"recalibrate_at must be in \(0, 1\]"),
 ])

@@ -98,7 +98,7 @@ def apply_meft(model: nn.Module, spec: BackboneSpec, config: MEFT) -> Applied:
                             config.stream_dtype, config.anchor_every, config.tolerance,
                             config.calibration_margin, config.check_every, config.on_error,
                             config.calibration_batches, config.adaptive_margin, config.recalibrate_at,
-                            config.sticky_anchors)
+                            config.sticky_anchors, config.calibration_nudges)
     stack.train(blocks.training)
     record = UndoRecord()
     record.replace(model, stack_spec.blocks, stack)

@@ -85,6 +85,11 @@ class MEFT:
             at the topmost layer whose check failed, so the anchors only grow (at most one per layer) and a
             layer whose inversion failed once is never reconstructed again; False: each re-calibration
             chooses afresh on its batch(es).
+        calibration_nudges: R >= 0: each calibration also inverts every layer alone R times from its exact
+            outputs nudged by a random +-2 eps relative difference (the last-bit difference a reconstructed
+            stream carries); a layer whose inversion turns that into an error over the threshold becomes an
+            anchor. This finds, on one batch, the layers where a 16-bit rounding inside F or G can flip
+            (costs R forwards per calibration). ``"auto"`` (default): 4 under 16-bit compute, 0 in fp32/fp64.
         recalibrate_at: with ``anchor_every="auto"``, the anchors are chosen again at the next step when the
             check finds an error above ``recalibrate_at * tolerance``, in (0, 1]; 1 (default) = only after an
             error over the tolerance; e.g. 0.5 re-calibrates on drift before it crosses the tolerance (only
@@ -118,6 +123,7 @@ class MEFT:
     adaptive_margin: bool = False
     recalibrate_at: float = 1.0
     sticky_anchors: bool = False
+    calibration_nudges: int | str = 0
     check_every: int = 1
     on_error: str = "warn"
     bounded_attention: bool = True       # not in the paper: attention dropout in bounded memory (docs)
@@ -161,6 +167,10 @@ class MEFT:
         for name in ("adaptive_margin", "sticky_anchors"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"MEFT {name} must be true or false, got {getattr(self, name)!r}")
+        r = self.calibration_nudges
+        if r != "auto" and (isinstance(r, bool) or not isinstance(r, int) or r < 0):
+            raise ConfigError(f"MEFT calibration_nudges must be 'auto' or an integer >= 0 (nudged inversions "
+                              f"per layer), got {r!r}")
         if not 0 < self.recalibrate_at <= 1:
             raise ConfigError(f"MEFT recalibrate_at must be in (0, 1] (a fraction of the tolerance), got "
                               f"{self.recalibrate_at}")

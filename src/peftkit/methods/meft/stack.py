@@ -40,7 +40,7 @@ class ReversibleStack(nn.Module):
         num_rev: how many of the lower couplings use the reversible backward.
         use_reversible_backward: False runs every coupling through plain autograd (the oracle / fallback).
         stream_dtype, anchor_every, tolerance, calibration_margin, calibration_batches, adaptive_margin,
-            recalibrate_at, sticky_anchors, check_every, on_error: see
+            recalibrate_at, sticky_anchors, calibration_nudges, check_every, on_error: see
             :class:`~peftkit.methods.meft.config.MEFT`.
         anchors: the reversible layers whose inputs are kept exactly (None until ``"auto"`` calibrated).
         margin_scale: the factor by which ``adaptive_margin`` has grown the calibration margin (1 at first).
@@ -57,7 +57,7 @@ class ReversibleStack(nn.Module):
                  anchor_every: int | str = "auto", tolerance: float = 1e-3, calibration_margin: float = 4.0,
                  check_every: int = 1, on_error: str = "warn", calibration_batches: int | str = 1,
                  adaptive_margin: bool = False, recalibrate_at: float = 1.0,
-                 sticky_anchors: bool = False) -> None:
+                 sticky_anchors: bool = False, calibration_nudges: int | str = 0) -> None:
         super().__init__()
         for i, b in enumerate(blocks):
             self.add_module(str(i), b)
@@ -71,6 +71,8 @@ class ReversibleStack(nn.Module):
         self.calibration_batches, self.adaptive_margin = calibration_batches, bool(adaptive_margin)
         self.recalibrate_at, self.sticky_anchors = float(recalibrate_at), bool(sticky_anchors)
         self.kept_anchors: frozenset[int] = frozenset()
+        self.calibration_nudges = calibration_nudges
+        self._nudges = 0  # resolved by run() for each calibration (it sees the model dtype and autocast)
         self.margin_scale = 1.0
         self.calibrations = 0
         self.anchors: frozenset[int] | None = None
@@ -140,6 +142,7 @@ class ReversibleStack(nn.Module):
         if rev:
             if self.anchors is None or (self.anchor_every == "auto"
                                         and self.calibrations < self.batches_to_calibrate(hidden)):
+                self._nudges = self.nudges_per_layer(hidden)
                 self.calibrate(x.detach(), ctx)
             self._backwards += 1
             checked = self.check_every > 0 and (self._backwards - 1) % self.check_every == 0
@@ -154,15 +157,27 @@ class ReversibleStack(nn.Module):
             x1, x2 = c(x1, x2, ctx)
         return self.ops[0].wrap_output(((x1 + x2) / 2).to(hidden.dtype))
 
+    @staticmethod
+    def computes_in_16_bits(hidden: torch.Tensor) -> bool:
+        """Whether F and G compute in 16 bits: a bf16/fp16 model, or a 16-bit autocast on ``hidden``'s
+        device."""
+        dev = hidden.device.type
+        return torch.finfo(hidden.dtype).bits < 32 or (
+            torch.is_autocast_enabled(dev) and torch.finfo(torch.get_autocast_dtype(dev)).bits < 32)
+
     def batches_to_calibrate(self, hidden: torch.Tensor) -> int:
         """``calibration_batches`` resolved: ``"auto"`` is ``LOW_PRECISION_CALIBRATION_BATCHES`` when F and G
-        compute in 16 bits (a bf16/fp16 model, or a 16-bit autocast on ``hidden``'s device), else 1."""
+        compute in 16 bits (:meth:`computes_in_16_bits`), else 1."""
         if self.calibration_batches != "auto":
             return int(self.calibration_batches)
-        dev = hidden.device.type
-        low = torch.finfo(hidden.dtype).bits < 32 or (
-            torch.is_autocast_enabled(dev) and torch.finfo(torch.get_autocast_dtype(dev)).bits < 32)
-        return LOW_PRECISION_CALIBRATION_BATCHES if low else 1
+        return LOW_PRECISION_CALIBRATION_BATCHES if self.computes_in_16_bits(hidden) else 1
+
+    def nudges_per_layer(self, hidden: torch.Tensor) -> int:
+        """``calibration_nudges`` resolved: ``"auto"`` is ``LOW_PRECISION_NUDGES`` when F and G compute in
+        16 bits, else 0."""
+        if self.calibration_nudges != "auto":
+            return int(self.calibration_nudges)
+        return LOW_PRECISION_NUDGES if self.computes_in_16_bits(hidden) else 0
 
     def calibrate(self, hidden: torch.Tensor, ctx: dict[str, Any]) -> frozenset[int]:
         """Choose the anchors of ``anchor_every="auto"`` on this batch (see ``checks.calibrate_anchors``).
@@ -177,7 +192,7 @@ class ReversibleStack(nn.Module):
         sample = _sample_index(hidden.numel(), hidden.device) if self.check_every > 0 else None
         anchors, errs = calibrate_anchors(self.couplings[: self.num_rev], hidden, ctx,
                                           self.tolerance / (self.calibration_margin * self.margin_scale),
-                                          keep, sample)
+                                          keep, sample, self._nudges)
         self.anchors, self.calibration_errors = frozenset(anchors), errs
         self.calibrations += 1
         return self.anchors
@@ -233,6 +248,7 @@ SAMPLE_SIZE = 4096  # elements per stream compared by the reconstruction check
 # calibration_batches="auto" under 16-bit compute (measured on SmolLM2-135M + BBC under bf16 autocast, 20
 # training steps: see docs/methods/meft.md, "Numerical stability")
 LOW_PRECISION_CALIBRATION_BATCHES = 4
+LOW_PRECISION_NUDGES = 4  # calibration_nudges="auto" under 16-bit compute
 
 
 def _sample_index(numel: int, device: torch.device) -> torch.Tensor:
