@@ -147,6 +147,8 @@ class ReversibleStack(nn.Module):
             self._backwards += 1
             checked = self.check_every > 0 and (self._backwards - 1) % self.check_every == 0
             sample = _sample_index(x.numel(), x.device) if checked else None
+            if checked and len(self.anchors or ()) >= self.num_rev:  # nothing is reconstructed: no report
+                self.last_reconstruction_error = [0.0] * self.num_rev
             x1, x2 = rev_apply(self.couplings[: self.num_rev], x, ctx, self.anchors or frozenset(), sample,
                                self._report if checked else None)
             rest = self.couplings[self.num_rev:]
