@@ -64,14 +64,15 @@ DECODER_STACKS: dict[str, list[dict[str, Any]]] = {
     "meft1_margin16": [{"name": "meft", "variant": "meft1", "calibration_margin": 16.0}],
     "meft1_k1": _meft1(),
     "meft1_k4": _meft1(k=4),
+    "meft1_k8": _meft1(k=8),
     "meft1_adaptive": _meft1(adaptive=True),
     "meft1_drift": _meft1(at=0.5),
     "meft1_k4_adaptive": _meft1(k=4, adaptive=True),
     "meft1_k4_sticky": _meft1(k=4, sticky=True),
     "meft1_k4_sticky_adaptive": _meft1(k=4, sticky=True, adaptive=True),
-    "meft1_n4": _meft1(nudges=4),
-    "meft1_n4_sticky": _meft1(nudges=4, sticky=True),
-    "meft1_k4_n4": _meft1(k=4, nudges=4),
+    "meft1_n4": _meft1(nudges=4),  # its row at lr 3e-3 was measured with +-2 eps nudges (see docs)
+    "meft1_n4u": _meft1(nudges=4),  # u ~ U(-1, 1) eps nudges, judged against the tolerance
+    "meft1_k4_n4u": _meft1(k=4, nudges=4),
     "lora": [{"name": "lora", "rank": 8, "alpha": 16}],
 }
 
@@ -178,8 +179,11 @@ def decoder_train_row(backbone: str = "smollm2", examples: int = 64, max_length:
 
 
 def _fmt_range(xs: list[Any]) -> str:
-    vals = [x for x in xs if x is not None]
-    return "–" if not vals else (f"{min(vals)}" if min(vals) == max(vals) else f"{min(vals)}-{max(vals)}")
+    """min-max (median) of the non-None values."""
+    vals = sorted(x for x in xs if x is not None)
+    if not vals:
+        return "–"
+    return f"{vals[0]}" if vals[0] == vals[-1] else f"{vals[0]}-{vals[-1]} ({vals[len(vals) // 2]})"
 
 
 def _median(xs: list[float]) -> float:

@@ -49,13 +49,14 @@ def _sampled_rel(a: torch.Tensor, b: torch.Tensor, sample: torch.Tensor) -> floa
 @torch.no_grad()
 def _invert(couplings: Sequence[Coupling], hidden: torch.Tensor, ctx: dict[str, Any],
             threshold: float | None, keep: frozenset[int] = frozenset(),
-            sample: torch.Tensor | None = None, nudges: int = 0) -> tuple[list[int], list[float]]:
+            sample: torch.Tensor | None = None, nudges: int = 0,
+            nudge_threshold: float | None = None) -> tuple[list[int], list[float]]:
     """Forward keeping every layer input, then invert from the top with the same dropout masks; keep the true
     input (an anchor) at the layers in ``keep`` and, with a ``threshold``, wherever the reconstructed one is
     further than that. With a ``sample`` (flat indices into one stream, the run-time check's), a layer's error
     is the larger of the full one and the one on those elements. With ``nudges`` = R, each layer is also
-    inverted alone R times from its exact outputs moved by a random +-2 eps relative difference
-    (:func:`_nudge`), and the worst of those errors counts too.
+    inverted alone R times from its exact outputs moved by a random last-bit difference (:func:`_nudge`),
+    and becomes an anchor when the worst of those errors exceeds ``nudge_threshold``.
     Returns (anchors ascending, per-layer relative errors bottom first, before any anchor decision)."""
     probes: list[nn.Module] = [p for c in couplings for p in recomputable_terms(c)]
     saved_terms = [p.last_term for p in probes]
@@ -76,18 +77,15 @@ def _invert(couplings: Sequence[Coupling], hidden: torch.Tensor, ctx: dict[str, 
             for i in reversed(range(len(couplings))):
                 x1, x2 = couplings[i].inverse(x1, x2, ctx, records[i])
                 t1, t2 = inputs.pop()
-                found = [(x1, x2)]
+                err = _layer_error(x1, x2, t1, t2, sample)
+                flips = 0.0
                 for r in range(nudges):
-                    found.append(couplings[i].inverse(*_nudge(above, 1000 * i + r), ctx, records[i]))
-                err = 0.0
-                for r1, r2 in found:
-                    err = max(err, _rel(r1, t1), _rel(r2, t2))
-                    if sample is not None:
-                        err = max(err, _sampled_rel(r1, t1, sample), _sampled_rel(r2, t2, sample))
-                del found
+                    n1, n2 = couplings[i].inverse(*_nudge(above, 1000 * i + r), ctx, records[i])
+                    flips = max(flips, _layer_error(n1, n2, t1, t2, sample))
                 above = (t1, t2)
                 errs[i] = err if err == err else float("inf")  # NaN: overflowed
-                if i in keep or (threshold is not None and not errs[i] <= threshold):
+                flipped = nudges > 0 and nudge_threshold is not None and not flips <= nudge_threshold
+                if i in keep or flipped or (threshold is not None and not errs[i] <= threshold):
                     anchors.append(i)
                     x1, x2 = t1, t2
     finally:
@@ -96,15 +94,24 @@ def _invert(couplings: Sequence[Coupling], hidden: torch.Tensor, ctx: dict[str, 
     return sorted(anchors), errs
 
 
+def _layer_error(x1: torch.Tensor, x2: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor,
+                 sample: torch.Tensor | None) -> float:
+    err = max(_rel(x1, t1), _rel(x2, t2))
+    if sample is not None:
+        err = max(err, _sampled_rel(x1, t1, sample), _sampled_rel(x2, t2, sample))
+    return err
+
+
 def _nudge(streams: tuple[torch.Tensor, torch.Tensor], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both streams times (1 +- 2 eps) elementwise, random signs from a private generator: the size of the
-    last-bit difference a reconstructed stream has, to find layers whose inversion turns it into a large
-    error (a 16-bit rounding inside F or G that flips)."""
+    """Both streams times (1 + u eps) elementwise, u ~ U(-1, 1) from a private generator: after rounding,
+    about half the elements move by one unit in the last place, the difference a reconstructed stream
+    carries; used to find layers whose inversion turns it into a large error (a 16-bit rounding inside F or
+    G that flips)."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for s in streams:
-        sign = (torch.randint(0, 2, s.shape, generator=g, dtype=torch.int8) * 2 - 1).to(s.device, s.dtype)
-        out.append(s + s.abs() * sign * (2 * torch.finfo(s.dtype).eps))
+        u = (torch.rand(s.shape, generator=g, dtype=torch.float64) * 2 - 1).to(s.device, s.dtype)
+        out.append(s + s.abs() * u * torch.finfo(s.dtype).eps)
     return out[0], out[1]
 
 
@@ -126,7 +133,8 @@ def reconstruction_errors(couplings: Sequence[Coupling], hidden: torch.Tensor, c
 
 def calibrate_anchors(couplings: Sequence[Coupling], hidden: torch.Tensor, ctx: dict[str, Any],
                       threshold: float, keep: frozenset[int] = frozenset(),
-                      sample: torch.Tensor | None = None, nudges: int = 0) -> tuple[list[int], list[float]]:
+                      sample: torch.Tensor | None = None, nudges: int = 0,
+                      nudge_threshold: float | None = None) -> tuple[list[int], list[float]]:
     """The fewest anchors, besides ``keep``, that hold every reconstructed layer input within ``threshold``
     on this batch.
 
@@ -143,17 +151,19 @@ def calibrate_anchors(couplings: Sequence[Coupling], hidden: torch.Tensor, ctx: 
         keep: anchors already chosen (kept whatever this batch measures).
         sample: the run-time check's flat indices into one stream; the error of a layer is then also
             measured on them (the larger of the two counts), so the check agrees on this batch.
-        nudges: R >= 0 extra one-layer inversions per layer from its exact outputs nudged by +-2 eps
-            (random signs): a layer whose inversion turns a last-bit difference into an error over the
-            threshold (a bf16 rounding inside F or G that flips, which this batch's own reconstruction may
-            not show) becomes an anchor. Costs R forwards.
+        nudges: R >= 0 extra one-layer inversions per layer from its exact outputs nudged by a random
+            last-bit difference: a layer whose inversion turns that into an error over ``nudge_threshold``
+            (a bf16 rounding inside F or G that flips, which this batch's own reconstruction may not show)
+            becomes an anchor. Costs R forwards.
+        nudge_threshold: the bound for the nudged errors; None = ``threshold``.
 
     Returns:
         (anchors, errors): the layer indices whose inputs are kept (ascending, ``keep`` included), and per
         layer (bottom first) the relative error its reconstructed input had before that decision (the
         measured amplification: ``errors[i] / errors[i + 1]`` between anchors).
     """
-    return _invert(couplings, hidden, ctx, threshold, frozenset(keep), sample, nudges)
+    return _invert(couplings, hidden, ctx, threshold, frozenset(keep), sample, nudges,
+                   threshold if nudge_threshold is None else nudge_threshold)
 
 
 def stack_input(model: nn.Module, *args: Any, **kwargs: Any) -> tuple[Any, torch.Tensor, dict[str, Any]]:

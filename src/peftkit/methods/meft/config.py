@@ -86,8 +86,8 @@ class MEFT:
             layer whose inversion failed once is never reconstructed again; False: each re-calibration
             chooses afresh on its batch(es).
         calibration_nudges: R >= 0: each calibration also inverts every layer alone R times from its exact
-            outputs nudged by a random +-2 eps relative difference (the last-bit difference a reconstructed
-            stream carries); a layer whose inversion turns that into an error over the threshold becomes an
+            outputs times (1 + u eps), u ~ U(-1, 1) (the last-bit difference a reconstructed stream
+            carries); a layer whose inversion turns that into an error over ``tolerance`` becomes an
             anchor. This finds, on one batch, the layers where a 16-bit rounding inside F or G can flip
             (costs R forwards per calibration). ``"auto"`` (default): 4 under 16-bit compute, 0 in fp32/fp64.
         recalibrate_at: with ``anchor_every="auto"``, the anchors are chosen again at the next step when the

@@ -194,7 +194,7 @@ class ReversibleStack(nn.Module):
         sample = _sample_index(hidden.numel(), hidden.device) if self.check_every > 0 else None
         anchors, errs = calibrate_anchors(self.couplings[: self.num_rev], hidden, ctx,
                                           self.tolerance / (self.calibration_margin * self.margin_scale),
-                                          keep, sample, self._nudges)
+                                          keep, sample, self._nudges, self.tolerance)
         self.anchors, self.calibration_errors = frozenset(anchors), errs
         self.calibrations += 1
         return self.anchors
