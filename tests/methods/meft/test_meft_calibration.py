@@ -23,7 +23,6 @@ from peftkit.methods.meft.apply import find_stack
 from peftkit.methods.meft.checks import calibrate_anchors, reconstruction_errors, stack_input
 
 TOL = 1e-3
-DEFAULT_ADAPTIVE, DEFAULT_STICKY, DEFAULT_NUDGES = False, False, 0
 
 
 def _batches(n: int, tokens: int = 16) -> list[dict[str, torch.Tensor]]:
@@ -35,8 +34,9 @@ def _batches(n: int, tokens: int = 16) -> list[dict[str, torch.Tensor]]:
 
 
 def _model(**meft: Any) -> nn.Module:
-    """MEFT1 on the random 8-layer BERT; one calibration batch unless told (the tests count them)."""
-    meft.setdefault("calibration_batches", 1)
+    """MEFT1 on the random 8-layer BERT, without nudges unless told (the tests below need the bf16 failures
+    that the nudges prevent)."""
+    meft.setdefault("calibration_nudges", 0)
     torch.manual_seed(0)
     base = build_bench_bert(num_labels=3, arch="d128", layers=8, dropout=0.0)
     return pk.apply(base, pk.MEFT(variant="meft1", adapter_init_std=0.3, **meft)).train()
@@ -169,26 +169,40 @@ def test_recalibrate_at_acts_before_the_tolerance_without_warning(recalibrate_at
 def test_defaults_and_fields_reach_the_stack() -> None:
     cfg = pk.MEFT()
     assert (cfg.calibration_batches, cfg.adaptive_margin, cfg.recalibrate_at, cfg.sticky_anchors,
-            cfg.calibration_nudges) == ("auto", DEFAULT_ADAPTIVE, 1.0, DEFAULT_STICKY, DEFAULT_NUDGES)
-    stack = find_stack(_model(calibration_batches="auto", calibration_nudges="auto"))
+            cfg.calibration_nudges) == (1, False, 1.0, False, "auto")
+    stack = find_stack(_model(calibration_nudges="auto"))
     h = torch.zeros(1, 2, 128)
-    # fp32: anchors measured the same on every batch; a bf16 model or bf16 autocast: 4 batches, 4 nudges
-    assert (stack.batches_to_calibrate(h), stack.nudges_per_layer(h)) == (1, 0)
-    assert (stack.batches_to_calibrate(h.bfloat16()), stack.nudges_per_layer(h.bfloat16())) == (4, 4)
+    assert stack.nudges_per_layer(h) == 0  # fp32: no nudges (the fp32 anchors stay as they were)
+    assert stack.nudges_per_layer(h.bfloat16()) == 4  # a bf16 model
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert (stack.batches_to_calibrate(h), stack.nudges_per_layer(h)) == (4, 4)
+        assert stack.nudges_per_layer(h) == 4  # bf16 autocast
     stack = find_stack(_model(calibration_batches=2, adaptive_margin=True, recalibrate_at=0.25,
-                              sticky_anchors=True))
-    assert (stack.calibration_batches, stack.adaptive_margin, stack.recalibrate_at, stack.sticky_anchors) == (
-        2, True, 0.25, True)
-    assert stack.batches_to_calibrate(h) == 2
+                              sticky_anchors=True, calibration_nudges=3))
+    assert (stack.calibration_batches, stack.adaptive_margin, stack.recalibrate_at, stack.sticky_anchors,
+            stack.nudges_per_layer(h)) == (2, True, 0.25, True, 3)
+
+
+def test_default_nudges_under_autocast_hold_other_batches_here() -> None:
+    """The default (4 nudges under bf16 autocast) on the random model: batch 0's calibration is nudged
+    (more anchors than without) and no check fails on the next batches."""
+    model, batches = _model(calibration_nudges="auto"), _batches(4)
+    stack = find_stack(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a failed check would warn
+        for b in batches:
+            _step(model, b)
+            assert max(stack.last_reconstruction_error) <= TOL
+    assert stack.calibrations == 1
+    plain = _model()
+    _step(plain, batches[0])
+    assert len(stack.anchors) > len(find_stack(plain).anchors)
 
 
 @pytest.mark.parametrize("bad, match", [
-    ({"calibration_batches": 0}, "calibration_batches must be 'auto' or an integer >= 1"),
-    ({"calibration_batches": 2.5}, "calibration_batches must be 'auto' or an integer >= 1"),
-    ({"calibration_batches": True}, "calibration_batches must be 'auto' or an integer >= 1"),
-    ({"calibration_batches": "all"}, "calibration_batches must be 'auto' or an integer >= 1"),
+    ({"calibration_batches": 0}, "calibration_batches must be an integer >= 1"),
+    ({"calibration_batches": 2.5}, "calibration_batches must be an integer >= 1"),
+    ({"calibration_batches": True}, "calibration_batches must be an integer >= 1"),
+    ({"calibration_batches": "all"}, "calibration_batches must be an integer >= 1"),
     ({"adaptive_margin": "yes"}, "adaptive_margin must be true or false"),
     ({"sticky_anchors": 1}, "sticky_anchors must be true or false"),
     ({"calibration_nudges": -1}, "calibration_nudges must be 'auto' or an integer >= 0"),

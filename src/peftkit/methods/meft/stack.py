@@ -55,7 +55,7 @@ class ReversibleStack(nn.Module):
     def __init__(self, blocks: Sequence[nn.Module], couplings: Sequence[Coupling], ops: Sequence[BlockOps],
                  num_rev: int, use_reversible_backward: bool = True, stream_dtype: str = "auto",
                  anchor_every: int | str = "auto", tolerance: float = 1e-3, calibration_margin: float = 4.0,
-                 check_every: int = 1, on_error: str = "warn", calibration_batches: int | str = 1,
+                 check_every: int = 1, on_error: str = "warn", calibration_batches: int = 1,
                  adaptive_margin: bool = False, recalibrate_at: float = 1.0,
                  sticky_anchors: bool = False, calibration_nudges: int | str = 0) -> None:
         super().__init__()
@@ -68,7 +68,7 @@ class ReversibleStack(nn.Module):
         self.stream_dtype, self.anchor_every = stream_dtype, anchor_every
         self.tolerance, self.calibration_margin = float(tolerance), float(calibration_margin)
         self.check_every, self.on_error = int(check_every), on_error
-        self.calibration_batches, self.adaptive_margin = calibration_batches, bool(adaptive_margin)
+        self.calibration_batches, self.adaptive_margin = int(calibration_batches), bool(adaptive_margin)
         self.recalibrate_at, self.sticky_anchors = float(recalibrate_at), bool(sticky_anchors)
         self.kept_anchors: frozenset[int] = frozenset()
         self.calibration_nudges = calibration_nudges
@@ -141,7 +141,7 @@ class ReversibleStack(nn.Module):
         x = hidden.to(self.stream_dtype_for(hidden.dtype))  # [b, t, d], both streams start here
         if rev:
             if self.anchors is None or (self.anchor_every == "auto"
-                                        and self.calibrations < self.batches_to_calibrate(hidden)):
+                                        and self.calibrations < self.calibration_batches):
                 self._nudges = self.nudges_per_layer(hidden)
                 self.calibrate(x.detach(), ctx)
             self._backwards += 1
@@ -167,13 +167,6 @@ class ReversibleStack(nn.Module):
         return torch.finfo(hidden.dtype).bits < 32 or (
             torch.is_autocast_enabled(dev) and torch.finfo(torch.get_autocast_dtype(dev)).bits < 32)
 
-    def batches_to_calibrate(self, hidden: torch.Tensor) -> int:
-        """``calibration_batches`` resolved: ``"auto"`` is ``LOW_PRECISION_CALIBRATION_BATCHES`` when F and G
-        compute in 16 bits (:meth:`computes_in_16_bits`), else 1."""
-        if self.calibration_batches != "auto":
-            return int(self.calibration_batches)
-        return LOW_PRECISION_CALIBRATION_BATCHES if self.computes_in_16_bits(hidden) else 1
-
     def nudges_per_layer(self, hidden: torch.Tensor) -> int:
         """``calibration_nudges`` resolved: ``"auto"`` is ``LOW_PRECISION_NUDGES`` when F and G compute in
         16 bits, else 0."""
@@ -185,8 +178,10 @@ class ReversibleStack(nn.Module):
         """Choose the anchors of ``anchor_every="auto"`` on this batch (see ``checks.calibrate_anchors``).
 
         The threshold is ``tolerance / (calibration_margin * margin_scale)``, measured in full and on the
-        check's sample. The first call after a (re)start chooses afresh (keeping ``kept_anchors``); the next
-        ``calibration_batches - 1`` calls keep the anchors chosen so far and add what their batch needs.
+        check's sample; with nudges (``calibration_nudges``), a layer whose nudged inversion exceeds
+        ``tolerance`` is an anchor too. The first call after a (re)start chooses afresh (keeping
+        ``kept_anchors``); the next ``calibration_batches - 1`` calls keep the anchors chosen so far and add
+        what their batch needs.
         """
         from peftkit.methods.meft.checks import calibrate_anchors
 
@@ -247,10 +242,9 @@ class ReversibleStack(nn.Module):
 
 
 SAMPLE_SIZE = 4096  # elements per stream compared by the reconstruction check
-# calibration_batches="auto" under 16-bit compute (measured on SmolLM2-135M + BBC under bf16 autocast, 20
+# calibration_nudges="auto" under 16-bit compute (measured on SmolLM2-135M + BBC under bf16 autocast, 2 x 20
 # training steps: see docs/methods/meft.md, "Numerical stability")
-LOW_PRECISION_CALIBRATION_BATCHES = 4
-LOW_PRECISION_NUDGES = 4  # calibration_nudges="auto" under 16-bit compute
+LOW_PRECISION_NUDGES = 4
 
 
 def _sample_index(numel: int, device: torch.device) -> torch.Tensor:
