@@ -70,9 +70,7 @@ DECODER_STACKS: dict[str, list[dict[str, Any]]] = {
     "meft1_k4_adaptive": _meft1(k=4, adaptive=True),
     "meft1_k4_sticky": _meft1(k=4, sticky=True),
     "meft1_k4_sticky_adaptive": _meft1(k=4, sticky=True, adaptive=True),
-    "meft1_n4": _meft1(nudges=4),  # its row at lr 3e-3 was measured with +-2 eps nudges (see docs)
-    "meft1_n4u": _meft1(nudges=4),  # u ~ U(-1, 1) eps nudges, judged against the tolerance
-    "meft1_k4_n4u": _meft1(k=4, nudges=4),
+    "meft1_n4u": _meft1(nudges=4),  # = the bf16 defaults (row meft1_n4: +-2 eps nudges, 3225d17)
     "lora": [{"name": "lora", "rank": 8, "alpha": 16}],
 }
 
