@@ -50,14 +50,14 @@ def layer_profile(couplings: list[Any], hidden: torch.Tensor, ctx: dict[str, Any
                   anchors: frozenset[int]) -> dict[str, list[float]]:
     """Per layer (bottom first): local error, chain error (full / sampled / robust) with ``anchors`` (0 at
     anchors), and the top-0.1% share of |x2|^2; run it under the autocast of the training."""
-    from peftkit.methods.meft.stack import _sample_index
+    from peftkit.methods.meft.stack import sample_index
 
     ins, (x1, x2) = [], (hidden, hidden)
     for c in couplings:
         ins.append((x1, x2))
         x1, x2 = c(x1, x2, ctx)
     outs = ins[1:] + [(x1, x2)]
-    idx = _sample_index(hidden.numel(), hidden.device)
+    idx = sample_index(hidden.numel(), hidden.device)
     n = len(couplings)
     prof: dict[str, list[float]] = {k: [0.0] * n for k in ("local", "full", "sampled", "robust", "top_share")}
     o1, o2 = x1, x2

@@ -146,7 +146,7 @@ class ReversibleStack(nn.Module):
                 self.calibrate(x.detach(), ctx)
             self._backwards += 1
             checked = self.check_every > 0 and (self._backwards - 1) % self.check_every == 0
-            sample = _sample_index(x.numel(), x.device) if checked else None
+            sample = sample_index(x.numel(), x.device) if checked else None
             if checked and len(self.anchors or ()) >= self.num_rev:  # nothing is reconstructed: no report
                 self.last_reconstruction_error = [0.0] * self.num_rev
             x1, x2 = rev_apply(self.couplings[: self.num_rev], x, ctx, self.anchors or frozenset(), sample,
@@ -186,7 +186,7 @@ class ReversibleStack(nn.Module):
         from peftkit.methods.meft.checks import calibrate_anchors
 
         keep = self.anchors if self.anchors is not None and self.calibrations > 0 else self.kept_anchors
-        sample = _sample_index(hidden.numel(), hidden.device) if self.check_every > 0 else None
+        sample = sample_index(hidden.numel(), hidden.device) if self.check_every > 0 else None
         anchors, errs = calibrate_anchors(self.couplings[: self.num_rev], hidden, ctx,
                                           self.tolerance / (self.calibration_margin * self.margin_scale),
                                           keep, sample, self._nudges, self.tolerance)
@@ -247,7 +247,7 @@ SAMPLE_SIZE = 4096  # elements per stream compared by the reconstruction check
 LOW_PRECISION_NUDGES = 4
 
 
-def _sample_index(numel: int, device: torch.device) -> torch.Tensor:
+def sample_index(numel: int, device: torch.device) -> torch.Tensor:
     """A fixed random set of flat indices into one stream, from a private generator (the global RNG, and so
     dropout, is not touched)."""
     if numel <= SAMPLE_SIZE:
