@@ -67,6 +67,7 @@ class AccuracyConfig:
     backbone: str = "minilm"                  # part=train: a registered text backbone (e.g. via --import)
     rows: str = "all"                         # ";"-separated labels of GRIDS or REMEDIES (all = GRIDS)
     seeds: str = "0,1,2"                      # final runs ("" = the validation sweep only)
+    lr_grid: str = ""                         # comma-separated rates replacing every grid ("" = its own)
     sweep_seed: int = 0
     max_train_examples: int = 160             # stratified subset of the 1,558 training articles
     max_length: int = 64                      # tokens per article (CPU scale: 2 shared cores)
@@ -186,6 +187,11 @@ def _labels(cfg: AccuracyConfig) -> list[str]:
     return wanted
 
 
+def grid(cfg: AccuracyConfig, label: str) -> tuple[float, ...]:
+    """The learning rates swept for ``label``: its own grid, or ``lr_grid`` when given."""
+    return tuple(float(x) for x in cfg.lr_grid.split(",")) if cfg.lr_grid.strip() else ALL_ROWS[label][1]
+
+
 def select(sweep: list[dict[str, Any]]) -> dict[str, float]:
     """label -> the learning rate with the highest final validation accuracy (ties: the smaller rate)."""
     best: dict[str, tuple[float, float]] = {}
@@ -210,7 +216,7 @@ def train_rows(cfg: AccuracyConfig, run_missing: bool = True) -> tuple[list[dict
             return row
         return None
 
-    sweep = [r for label in labels for lr in ALL_ROWS[label][1]
+    sweep = [r for label in labels for lr in grid(cfg, label)
              if (r := get("sweep", label, lr, cfg.sweep_seed)) is not None]
     chosen = select(sweep)
     final = [r for seed in seeds for label in labels if label in chosen   # seed-major: every method early
@@ -264,6 +270,12 @@ def paired_rows(final: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def parse(overrides: list[str]) -> AccuracyConfig:
     cfg = parse_overrides(AccuracyConfig, overrides, "meft_accuracy")
+    try:
+        rates = grid(cfg, "full FT")
+    except ValueError:
+        raise ConfigError(f"lr_grid must be comma-separated numbers, got '{cfg.lr_grid}'") from None
+    if not all(r > 0 for r in rates):
+        raise ConfigError(f"lr_grid: every rate must be > 0, got '{cfg.lr_grid}'")
     if cfg.part not in ("train", "report", "init", "numerics", "decoder"):
         raise ConfigError(f"part must be train, report, init, numerics or decoder, got '{cfg.part}'")
     return cfg

@@ -105,6 +105,14 @@ def test_accuracy_stored_rows_are_reused(tmp_path: Any) -> None:
     assert acc.train_rows(other, run_missing=False) == ([], {}, [])  # another scale: not mixed in
 
 
+def test_accuracy_lr_grid_replaces_every_rows_grid() -> None:
+    assert acc.grid(acc.parse([]), "MEFT3") == acc.GRIDS["MEFT3"][1]
+    assert acc.grid(acc.parse(["lr_grid=1.5e-4"]), "full FT") == (1.5e-4,)
+    for bad in (["lr_grid=fast"], ["lr_grid=0,1e-3"]):
+        with pytest.raises(pk.ConfigError, match="lr_grid"):
+            acc.parse(bad)
+
+
 def test_accuracy_backbone_option_names_the_backbone_and_keys_the_rows() -> None:
     other = acc.AccuracyConfig(backbone="tiny_bert")
     assert acc.run_config(other, "LoRA r=8", 1e-3, 0, "val").backbone.name == "tiny_bert"
