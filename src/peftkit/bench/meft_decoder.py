@@ -192,11 +192,12 @@ def _median(xs: list[float]) -> float:
 def decoder_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of decoder training rows: losses, validation, anchors, calibrations, and the worst
     reconstruction error per step by the run-time check (sampled) and by the full audit (where recorded)."""
-    head = ("| method | lr | training loss: first 5 → last 5 | val loss | val acc % | anchors per step | "
-            "steps that calibrated | check (sampled): median / max, steps > tol | full audit: median / max, "
-            "steps > tol | s / step |\n|:---|---:|:---|:---|:---|:---|---:|:---|:---|---:|")
+    head = ("| method | lr | seed | training loss: first 5 → last 5 | val loss | val acc % | "
+            "anchors per step | steps that calibrated | check (sampled): median / max, steps > tol | "
+            "full audit: median / max, steps > tol | s / step |\n"
+            "|:---|---:|---:|:---|:---|:---|:---|---:|:---|:---|---:|")
     lines = [head]
-    for r in sorted(rows, key=lambda r: (r["scale"]["lr"], r["method"])):
+    for r in sorted(rows, key=lambda r: (r["scale"]["lr"], r["method"], r["scale"]["seed"])):
         ls, tol = r["losses"], r.get("tolerance")
         loss = f"{sum(ls[:5]) / 5:.2f} → {sum(ls[-5:]) / 5:.2f}"
         val = f"{r['val_before']['loss']:.3f} → {r['val_after']['loss']:.3f}"
@@ -212,7 +213,8 @@ def decoder_table(rows: list[dict[str, Any]]) -> str:
                 cells[3] = f"{_median(full):.1e} / {max(full):.1e}, {sum(e > tol for e in full)}"
             else:
                 cells[1] = cells[3] = "n/a"
-        lines.append(f"| {r['method']} | {r['scale']['lr']:g} | {loss} | {val} | {acc} | {cells[0]} | "
+        sc = r["scale"]
+        lines.append(f"| {r['method']} | {sc['lr']:g} | {sc['seed']} | {loss} | {val} | {acc} | {cells[0]} | "
                      f"{cells[1]} | {cells[2]} | {cells[3]} | {r['train_time_s'] / r['steps']:.1f} |")
     return "\n".join(lines) + "\n"
 
@@ -239,7 +241,8 @@ def write_decoder_report(rows_dir: str) -> list[str]:
     fig, axes = plt.subplots(1, max(1, len(lrs)), figsize=(6 * max(1, len(lrs)), 4.2), squeeze=False)
     for ax, lr in zip(axes[0], lrs):
         for r in (r for r in meft if r["scale"]["lr"] == lr):
-            line, = ax.plot(r["worst_reconstruction"], marker=".", label=f"{r['method']} (check)")
+            line, = ax.plot(r["worst_reconstruction"], marker=".",
+                            label=f"{r['method']} s{r['scale']['seed']} (check)")
             if r.get("worst_reconstruction_full"):
                 ax.plot(r["worst_reconstruction_full"], ls="--", color=line.get_color(), lw=0.8)
         ax.axhline(meft[0]["tolerance"], color="k", lw=1)
