@@ -156,6 +156,31 @@ def write_tradeoff(cfg: Any, rows: list[dict[str, Any]], command: str) -> Path:
                         title="MEFT anchors: step peak vs depth and gradient error")["md"]
 
 
+def write_decoder_memory(cfg: Any, rows: list[dict[str, Any]], command: str) -> Path:
+    """OUT/memory_decoder.{json,md,png}: a decoder's step peak under bf16 autocast, MEFT1 against LoRA at
+    each length (``bench.memory_live.decoder_rows``)."""
+    lora = {r["length"]: r["peak_bytes"] for r in rows if r["method"] != "MEFT1"}
+    for r in rows:
+        r["label"] = f"{r['method']}, T {r['length']}"
+        r["vs_lora"] = r["peak_bytes"] / lora[r["length"]] if r["length"] in lora else None
+        r["loss_txt"] = " → ".join(f"{x:.2f}" for x in r.get("losses", []))
+        r["n_anchors"] = len(r["anchors"]) if r.get("anchors") is not None else None
+    cols = [Column("length", "tokens"), Column("method", "method"),
+            Column("peak_bytes", "step peak (live tensors)", fmt_mib),
+            Column("vs_lora", "vs LoRA", fmt_ratio),
+            Column("loss_txt", "losses over the steps (one fixed batch)"),
+            Column("n_anchors", "anchors", lambda v: "–" if v is None else str(v)),
+            Column("reconstruction_worst", "worst reconstruction error (last step)",
+                   lambda v: "–" if v is None else f"{v:.1e}")]
+    fig = bar_panels(rows, "label", [Panel("peak_bytes", "step peak (MiB)", fmt_mib, 1 / 2**20)])
+    notes = [live_note("cpu"), "SmolLM2-135M classifier, batch 1, fp32 weights under bf16 autocast, default "
+             f"settings, AdamW; {cfg.threads} thread(s); rows kept in {cfg.rows_dir}",
+             f"command: `{command}`"]
+    return write_report(cfg.out_dir, "memory_decoder", rows=rows, columns=cols, notes=notes, figure=fig,
+                        meta={"config": vars(cfg)},
+                        title="Decoder under bf16 autocast: MEFT1 vs LoRA step peak")["md"]
+
+
 def _pm(key: str, pct: bool = True) -> Any:
     """A function of a summary row: ``row[key]`` as "mean ± std" (percent when ``pct``)."""
     def fmt(row: Any) -> str:

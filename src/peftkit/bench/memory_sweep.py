@@ -84,6 +84,8 @@ class SweepConfig:
     tradeoff_variants: str = "meft1,meft3"
     tradeoff_tolerances: str = "1e-3,1e-2,0"  # 0 = no anchors
     tradeoff_rows_dir: str = "docs/results/meft_rows/memory_depth"
+    decoder: bool = False                  # SmolLM2 under bf16 autocast: MEFT1 vs LoRA step peak (rows_dir)
+    decoder_lengths: str = "512,1024"
     tradeoff_stream_dtypes: str = "auto"    # MEFT stream_dtype values of the trade-off (auto = fp32; float64)
     threads: int = 1
     device: str = "auto"                   # auto | cpu | cuda
@@ -272,6 +274,12 @@ def main(overrides: list[str]) -> int:
                               [float(t) for t in str(cfg.tradeoff_tolerances).split(",")],
                               tuple(cfg.tradeoff_stream_dtypes.split(",")))
         paths.append(write_tradeoff(cfg, trade, "peftkit bench memory " + " ".join(overrides)))
+    if cfg.decoder:
+        from peftkit.bench.meft_report import write_decoder_memory
+        from peftkit.bench.memory_live import decoder_rows
+
+        dec = decoder_rows(cfg.rows_dir, tuple(int(t) for t in cfg.decoder_lengths.split(",")), steps=6)
+        paths.append(write_decoder_memory(cfg, dec, "peftkit bench memory " + " ".join(overrides)))
     print("wrote " + ", ".join(str(p) for p in paths), flush=True)
     return 0
 

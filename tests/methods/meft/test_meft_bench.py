@@ -185,3 +185,16 @@ def test_decoder_part_rejects_an_unknown_method(tmp_path: Any) -> None:
     with pytest.raises(pk.ConfigError, match="decoder_methods"):
         acc._decoder(cfg)
     assert list(tmp_path.iterdir()) == []  # nothing trained, nothing written
+
+
+def test_decoder_memory_report_is_relative_to_lora_at_the_same_length(tmp_path: Any) -> None:
+    from peftkit.bench import meft_report
+
+    cfg = mem.parse([f"out_dir={tmp_path}", "decoder=true"])
+    rows = [{"length": t, "method": m, "peak_bytes": b, "losses": [2.0, 1.0], "anchors": a,
+             "reconstruction_worst": e}
+            for t, m, b, a, e in [(512, "LoRA r=8", 400, None, None), (512, "MEFT1", 100, [0, 1], 1e-4),
+                                  (1024, "LoRA r=8", 800, None, None), (1024, "MEFT1", 400, [0], 2e-4)]]
+    md = meft_report.write_decoder_memory(cfg, rows, "cmd").read_text()
+    assert [r["vs_lora"] for r in rows] == pytest.approx([1.0, 0.25, 1.0, 0.5])
+    assert "0.25" in md and "2.00 → 1.00" in md
