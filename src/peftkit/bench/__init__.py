@@ -9,6 +9,8 @@ BENCHES: dict[str, tuple[str, str]] = {
     "memory": ("peftkit.bench.memory_sweep",
                "MEFT memory: saved activations and peak per step vs depth and length"),
     "meft_accuracy": ("peftkit.bench.meft_accuracy", "MEFT1/2/3 vs full FT / LoRA / adapter accuracy"),
+    "meft_calibration_diag": ("peftkit.bench.meft_calibration_diag",
+                              "why MEFT's anchors miss under bf16 autocast: per-layer errors across batches"),
     "deft": ("peftkit.bench.deft", "PEFT vs DEFT: task metric and activation density, several seeds"),
     "density": ("peftkit.bench.density", "activation density of a saved run (fp32 and bf16)"),
     "sparsity": ("peftkit.bench.sparsity",

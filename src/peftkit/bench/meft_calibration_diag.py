@@ -13,7 +13,7 @@ restarting from the exact inputs at the anchors. For each batch, at fixed weight
 and the anchors ``calibrate_anchors`` chooses on each batch. It does this at the initial weights, then again
 after a few AdamW steps (the bench's schedule), with the anchors of one batch evaluated on the next ones.
 
-Run: ``python -m peftkit.bench.meft_calibration_diag OUT_DIR [lr]`` (SmolLM2-135M, 160 BBC articles x 64
+Run: ``peftkit bench meft_calibration_diag out_dir=DIR lr=0.003`` (SmolLM2-135M, 160 BBC articles x 64
 tokens, batch 16, ~2 min on one CPU thread); writes OUT_DIR/diagnosis_lr{lr}.json and prints a summary.
 
 Shape legend: b batch, t tokens, d model width.
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -167,16 +168,26 @@ def summarise(out: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@dataclass
+class DiagConfig:
+    """Where the diagnosis goes and the learning rate of its AdamW steps."""
+
+    out_dir: str = "docs/results/meft_rows/smollm2_train/diagnosis"
+    lr: float = 3e-3
+
+
 def main(argv: list[str]) -> int:
-    if not argv:
-        print("usage: python -m peftkit.bench.meft_calibration_diag OUT_DIR [lr]", file=sys.stderr)
-        return 2
+    """``peftkit bench meft_calibration_diag [out_dir=DIR] [lr=LR]``: writes OUT_DIR/diagnosis_lr{lr}.json."""
+    from peftkit.bench._args import parse_overrides
+    from peftkit.core.errors import ConfigError
     from peftkit.core.io import atomic_write_json
 
+    cfg = parse_overrides(DiagConfig, argv, "meft_calibration_diag")
+    if not cfg.lr > 0:
+        raise ConfigError(f"meft_calibration_diag: lr must be > 0, got {cfg.lr}")
     torch.set_num_threads(1)
-    lr = float(argv[1]) if len(argv) > 1 else 3e-3
-    out = diagnose(lr=lr)
-    path = Path(argv[0]) / f"diagnosis_lr{lr:g}.json"
+    out = diagnose(lr=cfg.lr)
+    path = Path(cfg.out_dir) / f"diagnosis_lr{cfg.lr:g}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, out)
     print(json.dumps(out["summary"], indent=1))

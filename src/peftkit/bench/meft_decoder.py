@@ -70,7 +70,7 @@ DECODER_STACKS: dict[str, list[dict[str, Any]]] = {
     "meft1_k4_adaptive": _meft1(k=4, adaptive=True),
     "meft1_k4_sticky": _meft1(k=4, sticky=True),
     "meft1_k4_sticky_adaptive": _meft1(k=4, sticky=True, adaptive=True),
-    "meft1_n4u": _meft1(nudges=4),  # = the bf16 defaults (row meft1_n4: +-2 eps nudges, 3225d17)
+    "meft1_n4u": _meft1(nudges=4),  # = the bf16 defaults (row meft1_n4: an earlier +-2 eps nudge)
     "lora": [{"name": "lora", "rank": 8, "alpha": 16}],
 }
 

@@ -198,3 +198,12 @@ def test_decoder_memory_report_is_relative_to_lora_at_the_same_length(tmp_path: 
     md = meft_report.write_decoder_memory(cfg, rows, "cmd").read_text()
     assert [r["vs_lora"] for r in rows] == pytest.approx([1.0, 0.25, 1.0, 0.5])
     assert "0.25" in md and "2.00 → 1.00" in md
+
+
+def test_calibration_diagnosis_refuses_bad_options_before_any_work() -> None:
+    from peftkit.bench import meft_calibration_diag as diag
+
+    with pytest.raises(pk.ConfigError, match="lr must be > 0"):
+        diag.main(["lr=0"])
+    with pytest.raises(pk.ConfigError):
+        diag.main(["rate=1"])
