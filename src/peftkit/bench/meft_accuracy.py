@@ -281,38 +281,6 @@ def parse(overrides: list[str]) -> AccuracyConfig:
     return cfg
 
 
-def _decoder(cfg: AccuracyConfig) -> int:
-    """part=decoder: one training row per ``decoder_methods`` label (``bench.meft_decoder``), kept in
-    ``rows_dir`` (rows already there are reused)."""
-    from peftkit.bench.meft_decoder import DECODER_STACKS, decoder_train_row, write_decoder_report
-    from peftkit.core.io import atomic_write_json
-
-    for method in cfg.decoder_methods.split(","):
-        if method not in DECODER_STACKS:
-            raise ConfigError(f"decoder_methods: unknown '{method}'; choose from {', '.join(DECODER_STACKS)}")
-    for method in cfg.decoder_methods.split(","):
-        path = Path(cfg.rows_dir) / (f"{cfg.decoder_backbone}_{method}_bf16autocast_n{cfg.decoder_examples}"
-                                     f"_t{cfg.max_length}_e{cfg.epochs}_s{cfg.sweep_seed}"
-                                     + ("" if cfg.decoder_lr == 1e-3 else f"_lr{cfg.decoder_lr:g}") + ".json")
-        if path.exists():
-            row = json.loads(path.read_text())
-        else:
-            row = decoder_train_row(cfg.decoder_backbone, cfg.decoder_examples, cfg.max_length,
-                                    cfg.decoder_batch, cfg.epochs, cfg.decoder_lr, seed=cfg.sweep_seed,
-                                    method=method)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(path, row)
-        losses, worst = row["losses"], row["worst_reconstruction"]
-        print(f"{row['backbone']} {method} bf16 autocast: {row['steps']} steps, loss {losses[0]:.3f} -> "
-              f"{losses[-1]:.3f}; val loss {row['val_before']['loss']:.3f} -> "
-              f"{row['val_after']['loss']:.3f}, "
-              f"val acc {row['val_before']['accuracy']:.3f} -> {row['val_after']['accuracy']:.3f}; worst "
-              f"reconstruction {max(worst or [0.0]):.2e} (steps over tolerance: "
-              f"{row['steps_over_tolerance']}); {row['train_time_s']:.0f} s; wrote {path}", flush=True)
-    print("wrote", ", ".join(write_decoder_report(cfg.rows_dir)), flush=True)
-    return 0
-
-
 def main(overrides: list[str]) -> int:
     """Run one part of the benchmark and write its report (see the module docstring)."""
     import torch
@@ -324,7 +292,9 @@ def main(overrides: list[str]) -> int:
     t0 = time.perf_counter()
     command = "peftkit bench meft_accuracy " + " ".join(overrides)
     if cfg.part == "decoder":
-        return _decoder(cfg)
+        from peftkit.bench.meft_decoder import run_part
+
+        return run_part(cfg)
     if cfg.part in ("train", "report"):
         sweep, chosen, final = train_rows(cfg, run_missing=cfg.part == "train")
         rows = summarise(final, sweep, chosen)

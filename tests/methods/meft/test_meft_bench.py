@@ -11,6 +11,7 @@ import pytest
 import peftkit as pk
 from peftkit.bench import meft_accuracy as acc
 from peftkit.bench import memory_sweep as mem
+from peftkit.bench.meft_decoder import run_part
 
 
 def test_sweep_points_cover_the_cross_and_the_target() -> None:
@@ -183,7 +184,7 @@ def test_depth_tradeoff_anchors_cost_memory_and_buy_exact_gradients(tmp_path: An
 def test_decoder_part_rejects_an_unknown_method(tmp_path: Any) -> None:
     cfg = acc.parse(["part=decoder", "decoder_methods=meft1,nope", f"rows_dir={tmp_path}"])
     with pytest.raises(pk.ConfigError, match="decoder_methods"):
-        acc._decoder(cfg)
+        run_part(cfg)
     assert list(tmp_path.iterdir()) == []  # nothing trained, nothing written
 
 
